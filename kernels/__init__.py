@@ -1,0 +1,8 @@
+"""rsfm's kernels (imported as ``rsfm_kernels``): fused attention, spectral patch
+embedding and InfoNCE, each with a pure-PyTorch reference and backends chosen by
+:mod:`rsfm_kernels.dispatch`. ``python -m rsfm_kernels.info`` lists the backends."""
+
+from . import dispatch
+from .attention import attention, attention_reference
+
+__all__ = ["attention", "attention_reference", "dispatch"]

@@ -1,0 +1,39 @@
+"""One distribution, ``rsfm``, with three import packages.
+
+``kernels/`` and ``train/`` are installed as ``rsfm_kernels`` and ``rsfm_train`` so that
+the generic names ``kernels`` and ``train`` are never claimed in a user's site-packages.
+``benchmarks/`` and ``tests/`` are run from a checkout and are not installed.
+"""
+
+from setuptools import setup
+
+setup(
+    name="rsfm",
+    version="0.1.0",
+    description="Open multimodal remote-sensing foundation model: fast kernels, DeepSpeed pretraining, GeoTIFF embeddings",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["rsfm_core", "rsfm_core.model", "rsfm_kernels", "rsfm_train"],
+    package_dir={"rsfm_core": "rsfm_core", "rsfm_kernels": "kernels", "rsfm_train": "train"},
+    package_data={"rsfm_train": ["configs/*.yaml"]},
+    install_requires=[
+        # Any torch >= 2.4 works; the README's scripts pin the CPU build 2.13.0, GPU users
+        # install their own CUDA build first (see README).
+        "torch>=2.4",
+        "triton>=3.6; platform_system == 'Linux'",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "rasterio>=1.3.9",
+        "safetensors>=0.4",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "scipy>=1.10",  # reads the AVIRIS .mat files and the Sinkhorn helpers' linear algebra
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.15"],
+        "xformers": ["xformers"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["rsfm=rsfm_core.cli:main"]},
+)

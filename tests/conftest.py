@@ -1,0 +1,38 @@
+"""Test-wide setup.
+
+- On a machine without CUDA, Triton kernels run under the CPU interpreter: it must be
+  switched on before any kernel module is imported, hence here, at the very top.
+- ``real_data`` points at ../shared/data (or $RSFM_REAL_DATA); tests that need a data set
+  call ``real_data_dir("eurosat_ms")`` and are skipped with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path:
+    return Path(os.environ.get("RSFM_REAL_DATA", REPO.parent / "shared" / "data"))
+
+
+def real_data_dir(name: str) -> Path:
+    """The folder of one real data set, or skip the calling test with a reason."""
+    d = real_data_root() / name
+    if not d.is_dir():
+        pytest.skip(f"real data set {name!r} not found at {d} (set RSFM_REAL_DATA to its parent)")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
