@@ -36,3 +36,9 @@ def real_data_dir(name: str) -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def real_data():
+    """``real_data("eurosat_ms")`` -> Path, or skip the test when the set is absent."""
+    return real_data_dir
