@@ -51,7 +51,9 @@ class Backend:
     # False: never picked automatically for CPU tensors (Triton under the interpreter).
     auto_on_cpu: bool = True
 
-    def not_supported_reasons(self, inputs: Inputs | None = None, forced: bool = False) -> list[str]:
+    def not_supported_reasons(
+        self, inputs: Inputs | None = None, forced: bool = False
+    ) -> list[str]:
         """Why this backend cannot run ``inputs`` (``None``: on this machine at all)."""
         out = list(self.reasons(inputs))
         if inputs is not None and not forced and not self.auto_on_cpu:
@@ -171,7 +173,9 @@ def triton_reasons() -> list[str]:
     if importlib.util.find_spec("triton") is None:
         return ["triton is not installed (pip install triton; Linux only)"]
     if not torch.cuda.is_available() and not interpreter_on():
-        return ["no CUDA device, and TRITON_INTERPRET=1 is not set (the CPU interpreter is for tests)"]
+        return [
+            "no CUDA device, and TRITON_INTERPRET=1 is not set (the CPU interpreter is for tests)"
+        ]
     return []
 
 
@@ -188,7 +192,9 @@ def backend_device_reasons(inputs: Inputs | None) -> list[str]:
     return out
 
 
-def dtype_reasons(inputs: Inputs, names: tuple[str, ...], allowed: tuple[torch.dtype, ...]) -> list[str]:
+def dtype_reasons(
+    inputs: Inputs, names: tuple[str, ...], allowed: tuple[torch.dtype, ...]
+) -> list[str]:
     out = []
     for n in names:
         t = inputs.get(n)
