@@ -28,7 +28,9 @@ setup(
         "safetensors>=0.4",
         "pyyaml>=6.0",
         "tqdm>=4.66",
-        "scipy>=1.10",  # reads the AVIRIS .mat files and the Sinkhorn helpers' linear algebra
+        "scipy>=1.10",  # reads .mat hyperspectral scenes (Salinas/AVIRIS distributions)
+        "pyarrow>=14",  # GeoParquet output of per-chip embeddings
+        "shapely>=2.0",  # chip footprint polygons (WKB) for GeoParquet
     ],
     extras_require={
         "train": ["deepspeed>=0.15"],
