@@ -4,5 +4,6 @@ embedding and InfoNCE, each with a pure-PyTorch reference and backends chosen by
 
 from . import dispatch
 from .attention import attention, attention_reference
+from .infonce import info_nce, info_nce_reference
 
-__all__ = ["attention", "attention_reference", "dispatch"]
+__all__ = ["attention", "attention_reference", "dispatch", "info_nce", "info_nce_reference"]

@@ -1,0 +1,165 @@
+"""Pretraining config: every YAML loads, overrides, errors that name the key, DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import pytest
+from rsfm_train.config import (
+    CONFIG_DIR,
+    ConfigError,
+    PretrainConfig,
+    config_to_dict,
+    deepspeed_config,
+    load_config,
+    save_config,
+)
+
+YAMLS = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_the_four_configs_exist():
+    assert {p.stem for p in YAMLS} >= {"tiny_cpu", "small_gpu", "base_multinode", "large_zero3"}
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_every_yaml_loads_and_derives_deepspeed(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PretrainConfig)
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == cfg.deepspeed.micro_batch * cfg.deepspeed.grad_accum * 8
+
+
+def test_tiny_cpu_is_a_cpu_demo():
+    cfg = load_config("tiny_cpu")  # packaged name works as well as a path
+    assert cfg.model.name == "rsfm_tiny" and cfg.data.source == "synthetic"
+    assert cfg.deepspeed.zero_stage == 0 and not cfg.deepspeed.bf16
+    big = load_config("large_zero3")
+    assert big.deepspeed.zero_stage == 3 and big.deepspeed.bf16
+    assert load_config("base_multinode").deepspeed.zero_stage == 2
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = load_config(
+        "tiny_cpu",
+        [
+            "optim.lr=3e-4",  # PyYAML reads this as a string: float fields accept it
+            "loss.object=false",
+            "deepspeed.grad_accum=4",
+            "optim.betas=[0.9, 0.95]",
+            "data.shards=null",
+            "model.overrides.depth=3",
+            "run.out_dir=/tmp/x",
+        ],
+    )
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.loss.object is False and cfg.deepspeed.grad_accum == 4
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.data.shards is None
+    assert cfg.model.overrides == {"depth": 3} and cfg.run.out_dir == "/tmp/x"
+
+
+def test_unknown_key_names_it_and_the_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny_cpu", ["optim.lrr=1.0"])
+    msg = str(e.value)
+    assert "optim.lrr" in msg and "did you mean 'optim.lr'" in msg and "weight_decay" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimizer:\n  lr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"'optimizer'.*valid keys in the top level: model, data"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("optim.total_steps=ten", r"optim.total_steps: expected int; got 'ten'"),
+        ("optim.total_steps=1.5", r"optim.total_steps: expected int"),
+        ("loss.pixel=1", r"loss.pixel: expected bool"),
+        ("optim.lr=fast", r"optim.lr: expected float"),
+        ("optim.betas=[0.9]", r"optim.betas: expected 2 values"),
+        ("data.source=s3", r"data.source: 's3' is not one of \['synthetic', 'shards'\]"),
+        ("data.modalities=s2", r"data.modalities: expected a list"),
+        ("optim=3", r"optim: expected a mapping"),
+        ("optim.lr.x=3", r"'lr' is a value, not a section"),
+        ("nokey", r"not of the form"),
+    ],
+)
+def test_type_errors_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny_cpu", [override])
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("deepspeed.zero_stage=4", "zero_stage"),
+        ("optim.warmup_steps=5000", "warmup_steps"),
+        ("data.source=shards", "data.shards must be set"),
+        ("deepspeed.extra={train_batch_size: 3}", "derived"),
+    ],
+)
+def test_range_and_cross_field_checks(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny_cpu", [override])
+
+
+def test_missing_file_lists_packaged_configs():
+    with pytest.raises(FileNotFoundError, match="tiny_cpu"):
+        load_config("no_such_config")
+
+
+def test_deepspeed_config_derived_values():
+    cfg = load_config(
+        "large_zero3", ["deepspeed.micro_batch=4", "deepspeed.grad_accum=3", "optim.grad_clip=0.5"]
+    )
+    ds = deepspeed_config(cfg, world_size=16)
+    assert ds["train_batch_size"] == 4 * 3 * 16
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+    assert "optimizer" not in ds  # the client's AdamW
+    sched = ds["scheduler"]
+    assert sched["type"] == "WarmupCosineLR"
+    assert sched["params"]["total_num_steps"] == cfg.optim.total_steps
+    assert sched["params"]["warmup_num_steps"] == cfg.optim.warmup_steps
+    assert ds["steps_per_print"] >= 10**6 and ds["wall_clock_breakdown"] is False
+    tiny = deepspeed_config(load_config("tiny_cpu", ["optim.warmup_steps=0"]), 1)
+    assert tiny["scheduler"]["params"]["warmup_num_steps"] == 1  # DeepSpeed needs > 0
+    assert tiny["zero_optimization"] == {"stage": 0} and tiny["bf16"]["enabled"] is False
+
+
+def test_deepspeed_extra_is_merged():
+    cfg = load_config(
+        "base_multinode", ["deepspeed.extra={zero_optimization: {reduce_bucket_size: 1000}}"]
+    )
+    zero = deepspeed_config(cfg, 2)["zero_optimization"]
+    assert zero["stage"] == 2 and zero["reduce_bucket_size"] == 1000
+
+
+def test_deepspeed_accepts_the_generated_json():
+    """DeepSpeed's own parser (no process group: world size 1) accepts every config."""
+    ds_config = pytest.importorskip("deepspeed.runtime.config")
+    for path in YAMLS:
+        parsed = ds_config.DeepSpeedConfig(deepspeed_config(load_config(path), world_size=1))
+        cfg = load_config(path)
+        assert parsed.train_batch_size == cfg.deepspeed.micro_batch * cfg.deepspeed.grad_accum
+        assert parsed.zero_optimization_stage == cfg.deepspeed.zero_stage
+        assert parsed.bfloat16_config.enabled == cfg.deepspeed.bf16
+        assert parsed.gradient_clipping == cfg.optim.grad_clip
+        assert parsed.scheduler_name == "WarmupCosineLR"
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config("base_multinode", ["optim.betas=[0.8, 0.9]", "model.overrides.depth=2"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg
+    assert config_to_dict(again)["optim"]["betas"] == [0.8, 0.9]
+    assert load_config(None) == PretrainConfig()  # no file: the schema defaults
+
+
+def test_teacher_momentum_schedule():
+    t = load_config("tiny_cpu").teacher
+    assert t.momentum_at(0, 100) == pytest.approx(t.momentum_start)
+    assert t.momentum_at(100, 100) == pytest.approx(t.momentum_end)
+    assert t.momentum_start < t.momentum_at(50, 100) < t.momentum_end
