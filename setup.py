@@ -33,7 +33,7 @@ setup(
         "shapely>=2.0",  # chip footprint polygons (WKB) for GeoParquet
     ],
     extras_require={
-        "train": ["deepspeed>=0.15"],
+        "train": ["deepspeed>=0.15", "webdataset>=0.2.90"],
         "xformers": ["xformers"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
     },
