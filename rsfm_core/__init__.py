@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"sensors", "io", "synthetic", "model", "inference", "cli", "data"}
+_SUBMODULES = {"sensors", "io", "synthetic", "landcover", "model", "inference", "cli", "data"}
 _ATTRS = {
     # name -> (module, attribute)
     "ModalityData": ("rsfm_core.data", "ModalityData"),
