@@ -1,0 +1,33 @@
+"""A plain (non-editable) install provides all three import packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_plain_install_imports_all_three_packages(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (target / "rsfm_kernels" / "attention.py").is_file()
+    assert (target / "rsfm_train" / "configs" / "tiny_cpu.yaml").is_file()
+    assert not (target / "kernels").exists() and not (target / "train").exists()
+    code = (
+        "import rsfm_core, rsfm_kernels, rsfm_train, rsfm_core.model;"
+        "print(rsfm_core.__file__); print(rsfm_kernels.__file__); print(rsfm_train.__file__)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+        cwd=tmp_path, check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    for line in out.stdout.split():
+        assert line.startswith(str(target)), line
