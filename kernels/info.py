@@ -12,7 +12,7 @@ def report() -> str:
     lines = []
     for row in dispatch.describe():
         state = "available" if row["available"] else "unavailable: " + "; ".join(row["reasons"])
-        lines.append(f"{row['op']:<16} {row['backend']:<10} {state}")
+        lines.append(f"{row['op']:<16} {row['backend']:<13} {state}")
     return "\n".join(lines)
 
 

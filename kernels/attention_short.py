@@ -1,0 +1,350 @@
+"""Attention for many short sequences (temporal fusion), plus helpers shared with attention.py.
+
+Math: as :mod:`rsfm_kernels.attention`, ``O = softmax(Q K^T * scale + mask_bias) V`` per
+sequence, where a "sequence" is one ``(b, h)`` pair of ``(B, H, L, D)`` inputs and ``L`` is
+small (4..64 in the temporal fusion stage, at most ``SHORT_MAX_LEN``).
+
+Packing: ``S = B * H`` sequences are packed ``SEQS`` at a time into one program. Query row
+``r`` of a tile belongs to local sequence ``r // L_q`` at position ``r % L_q`` (keys likewise
+with ``L_k``); the score tile ``(BLOCK_M, BLOCK_N)`` is masked block-diagonally
+(``seq(row) == seq(col)``), so one ``tl.dot`` serves ``SEQS`` sequences and the tile is
+nearly full even for ``L = 4``. Rows carry their own ``(b, h, pos)`` address, so any strides
+work: the encoder's ``(B*h*w, L, H, D) -> (B*h*w, H, L, D)`` view needs no copy. The large
+sequence count goes on grid axis 0 (axis 1 is capped at 65535).
+
+A whole sequence lives in one tile, so there is no online softmax, no log-sum-exp is
+saved, and the backward is one pass: ``delta = rowsum(P * dP)`` (equal to ``rowsum(dO * O)``)
+is computed in-tile, and dQ, dK, dV are written once each, without atomics, so the short
+path is deterministic by construction.
+
+Layouts: q ``(B, H, L_q, D)``, k and v ``(B, H, L_k, D)``, any strides (also stride 0);
+key_padding_mask ``(B, L_k)`` bool, True = valid. Dtypes: float16, bfloat16, float32
+(float32 dots use ``input_precision="ieee"``). Head dims: multiples of 8 up to 128
+(padded to a power of two with masks).
+
+Caution: the block-diagonal tile spends ``SEQS`` times the useful FLOPs on masked scores;
+that is free while the path is memory-bound (L <= 64) but makes it a poor choice for longer
+sequences, hence ``SHORT_MAX_LEN`` and the automatic cut-over at ``SHORT_AUTO_LEN``.
+
+Differences vs reference: none in the math; float32 softmax statistics, low-precision P and
+dS fed to the dots (as FlashAttention does).
+
+This module is the leaf of the attention kernels, so it also holds what attention.py shares:
+the portable ``_dot`` and the input validation used by every launcher.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SHORT_AUTO_LEN = 64  # attention() uses this path when both lengths are at most this
+SHORT_MAX_LEN = 128  # hard limit of the packed kernel (one tile holds a whole sequence)
+
+
+def head_dim_supported(d: int) -> bool:
+    return 8 <= d <= 128 and d % 8 == 0
+
+
+def block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Every launcher's checks; returns the mask as bool (or None). Raises ValueError/TypeError."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"attention: {name} must be 4-D (B, H, N, D); got shape {tuple(t.shape)}"
+            )
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if not (q.shape[0] == k.shape[0] == v.shape[0] and q.shape[1] == k.shape[1] == v.shape[1]):
+        raise ValueError(f"attention: q, k, v must share B and H (dims 0, 1); got {shapes}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"attention: k and v must have the same length N_k (dim 2); got {shapes}")
+    if not (q.shape[3] == k.shape[3] == v.shape[3]):
+        raise ValueError(f"attention: q, k, v must share the head dim D (dim 3); got {shapes}")
+    if not head_dim_supported(q.shape[3]):
+        raise ValueError(
+            f"attention: head dim D={q.shape[3]} is not supported by the Triton kernels "
+            f"(multiples of 8 from 8 to 128); got {shapes}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"attention: q, k, v must share one dtype of {[str(d) for d in SUPPORTED_DTYPES]}; "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"attention: q, k, v on different devices: {q.device}, {k.device}, {v.device}"
+        )
+    if key_padding_mask is None:
+        return None
+    m = key_padding_mask
+    if m.dim() != 2 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]:
+        raise ValueError(
+            f"attention: key_padding_mask must be (B, N_k) = ({k.shape[0]}, {k.shape[2]}); "
+            f"got {tuple(m.shape)} with {shapes}"
+        )
+    if m.device != q.device:
+        raise ValueError(f"attention: key_padding_mask is on {m.device}, q on {q.device}")
+    return m if m.dtype == torch.bool else m.to(torch.bool)
+
+
+def mask_args(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple:
+    """(pointer, stride_b, stride_n) for the kernels; bool is read as uint8 (same bytes)."""
+    if mask is None:
+        return dummy, 0, 0
+    return mask.view(torch.uint8), mask.stride(0), mask.stride(1)
+
+
+# Portable float32 dot: `input_precision` (Triton >= 3.0) or the older `allow_tf32`. "ieee"
+# keeps float32 exact (the interpreter and GPU agree); it only affects float32 operands.
+if "input_precision" in inspect.signature(tl.dot).parameters:
+
+    @triton.jit
+    def _dot(a, b):
+        return tl.dot(a, b, input_precision="ieee")
+
+else:  # pragma: no cover - Triton < 3.0
+
+    @triton.jit
+    def _dot(a, b):
+        return tl.dot(a, b, allow_tf32=False)
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _packed_rows(pid, L, H, S, SEQS: tl.constexpr, BLOCK: tl.constexpr):
+    """Row r of packed tile ``pid`` -> (local sequence, batch, head, position, in range)."""
+    r = tl.arange(0, BLOCK)
+    local = r // L
+    pos = r % L
+    seq = pid * SEQS + local  # global sequence index = b * H + h (< 2**31)
+    ok = (local < SEQS) & (seq < S)
+    # int32 division, int64 offsets: b * stride_b overflows int32 at 65k sequences.
+    return local, (seq // H).to(tl.int64), (seq % H).to(tl.int64), pos, ok
+
+
+@triton.jit
+def _row_ptrs(P, b, h, pos, offs_d, sb, sh, sn, sd):
+    """(rows, BLOCK_D) pointers for rows that each carry their own (b, h, pos)."""
+    return P + (b * sb + h * sh + pos * sn)[:, None] + offs_d[None, :] * sd
+
+
+@triton.jit
+def _packed_probs(
+    q, k, b_n, pos_n, ok_n, seq_m, seq_n, MASK, smb, smn, qk_scale, HAS_MASK: tl.constexpr
+):
+    """Normalised P (float32, exactly 0 for masked keys and for rows with no valid key)."""
+    s = _dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+    valid = (seq_m[:, None] == seq_n[None, :]) & ok_n[None, :]
+    if HAS_MASK:
+        keep = tl.load(MASK + b_n * smb + pos_n * smn, mask=ok_n, other=0)
+        valid = valid & (keep != 0)[None, :]
+    s = tl.where(valid, s, float("-inf"))
+    m = tl.max(s, 1)
+    m = tl.where(m == float("-inf"), 0.0, m)  # all-masked row: exp2(-inf - 0) = 0, no NaN
+    p = tl.exp2(s - m[:, None])
+    denom = tl.sum(p, 1)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    return p / denom[:, None]
+
+
+@triton.jit
+def _short_fwd_kernel(
+    Q, K, V, Out, MASK,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, smb, smn,
+    S, H, L_Q, L_K, qk_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, SEQS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    seq_m, b_m, h_m, pos_m, ok_m = _packed_rows(pid, L_Q, H, S, SEQS, BLOCK_M)
+    seq_n, b_n, h_n, pos_n, ok_n = _packed_rows(pid, L_K, H, S, SEQS, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM  # constant-folds when HEAD_DIM == BLOCK_D
+    lm = ok_m[:, None] & d_ok[None, :]
+    ln = ok_n[:, None] & d_ok[None, :]
+    q = tl.load(_row_ptrs(Q, b_m, h_m, pos_m, offs_d, sqb, sqh, sqn, sqd), mask=lm, other=0.0)
+    k = tl.load(_row_ptrs(K, b_n, h_n, pos_n, offs_d, skb, skh, skn, skd), mask=ln, other=0.0)
+    v = tl.load(_row_ptrs(V, b_n, h_n, pos_n, offs_d, svb, svh, svn, svd), mask=ln, other=0.0)
+    p = _packed_probs(q, k, b_n, pos_n, ok_n, seq_m, seq_n, MASK, smb, smn, qk_scale, HAS_MASK)
+    o = _dot(p.to(v.dtype), v)
+    o_ptrs = _row_ptrs(Out, b_m, h_m, pos_m, offs_d, sob, soh, son, sod)
+    tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=lm)
+
+
+@triton.jit
+def _short_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, MASK,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
+    sdqb, sdqh, sdqn, sdqd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, smb, smn,
+    S, H, L_Q, L_K, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, SEQS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    seq_m, b_m, h_m, pos_m, ok_m = _packed_rows(pid, L_Q, H, S, SEQS, BLOCK_M)
+    seq_n, b_n, h_n, pos_n, ok_n = _packed_rows(pid, L_K, H, S, SEQS, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    lm = ok_m[:, None] & d_ok[None, :]
+    ln = ok_n[:, None] & d_ok[None, :]
+    q = tl.load(_row_ptrs(Q, b_m, h_m, pos_m, offs_d, sqb, sqh, sqn, sqd), mask=lm, other=0.0)
+    k = tl.load(_row_ptrs(K, b_n, h_n, pos_n, offs_d, skb, skh, skn, skd), mask=ln, other=0.0)
+    v = tl.load(_row_ptrs(V, b_n, h_n, pos_n, offs_d, svb, svh, svn, svd), mask=ln, other=0.0)
+    do = tl.load(_row_ptrs(DO, b_m, h_m, pos_m, offs_d, sdob, sdoh, sdon, sdod), mask=lm, other=0.0)
+    p = _packed_probs(q, k, b_n, pos_n, ok_n, seq_m, seq_n, MASK, smb, smn, qk_scale, HAS_MASK)
+    dv = _dot(tl.trans(p).to(do.dtype), do)  # (BLOCK_N, BLOCK_D)
+    dp = _dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
+    delta = tl.sum(p * dp, 1)  # == rowsum(dO * O), without reading O
+    ds = p * (dp - delta[:, None])
+    dq = _dot(ds.to(k.dtype), k) * sm_scale
+    dk = _dot(tl.trans(ds).to(q.dtype), q) * sm_scale
+    tl.store(
+        _row_ptrs(DQ, b_m, h_m, pos_m, offs_d, sdqb, sdqh, sdqn, sdqd),
+        dq.to(DQ.dtype.element_ty),
+        mask=lm,
+    )
+    tl.store(
+        _row_ptrs(DK, b_n, h_n, pos_n, offs_d, sdkb, sdkh, sdkn, sdkd),
+        dk.to(DK.dtype.element_ty),
+        mask=ln,
+    )
+    tl.store(
+        _row_ptrs(DV, b_n, h_n, pos_n, offs_d, sdvb, sdvh, sdvn, sdvd),
+        dv.to(DV.dtype.element_ty),
+        mask=ln,
+    )
+
+
+# ---------------------------------------------------------------- launchers
+
+
+@dataclass(frozen=True)
+class ShortConfig:
+    seqs: int  # whole sequences per tile
+    block_m: int
+    block_n: int
+    warps_fwd: int
+    warps_bwd: int
+
+
+def gpu_arch(device: torch.device) -> str:
+    """Launch-config family: "sm90" (Hopper and newer), "sm80" (A100), "other", or "cpu"."""
+    if device.type != "cuda":
+        return "cpu"
+    major, _ = torch.cuda.get_device_capability(device)
+    return "sm90" if major >= 9 else "sm80" if major == 8 else "other"
+
+
+def short_config(l_q: int, l_k: int, d: int, arch: str, interpret: bool = False) -> ShortConfig:
+    """Launch config of the packed kernels for ``arch`` (see :func:`gpu_arch`).
+
+    A tile of ``rows`` rows holds ``rows // max(L_q, L_k)`` whole sequences. On GPU rows is
+    64 (a 64x64 float32 score tile fits 4 warps' registers); on sm90 with D <= 64 it is 128
+    when that fills the tile at least 15% better (L = 33..42: 3 sequences in 128 rows, not 1
+    in 64); sm80 spills registers at 128 rows (offline compile report). The backward holds
+    q, k, v, dO and three (rows, D) accumulators, so it runs 8 warps. Under the interpreter
+    rows is 32, so tests pack several sequences per tile cheaply.
+    """
+    longest = max(l_q, l_k)
+    if longest > SHORT_MAX_LEN:
+        raise ValueError(
+            f"short-sequence attention needs L <= {SHORT_MAX_LEN}; got L_q={l_q}, L_k={l_k}"
+        )
+    if interpret:
+        rows = max(32, triton.next_power_of_2(longest))
+    else:
+        rows = max(64, triton.next_power_of_2(longest))
+        fill64 = (64 // longest) * longest / 64
+        fill128 = (128 // longest) * longest / 128
+        if rows == 64 and arch == "sm90" and d <= 64 and fill128 > 1.15 * fill64:
+            rows = 128
+    seqs = rows // longest
+    block_m = max(16, triton.next_power_of_2(seqs * l_q))
+    block_n = max(16, triton.next_power_of_2(seqs * l_k))
+    big = max(block_m, block_n) >= 128
+    return ShortConfig(seqs, block_m, block_n, 8 if big else 4, 8)
+
+
+def _grid(n_seq: int, seqs: int) -> tuple[int]:
+    return (triton.cdiv(n_seq, seqs),)
+
+
+def short_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    interpret: bool,
+) -> torch.Tensor:
+    """Packed forward; ``mask`` must come from :func:`check_inputs`. Returns O (B, H, L_q, D)."""
+    B, H, l_q, D = q.shape
+    l_k = k.shape[2]
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if o.numel() == 0:
+        return o
+    if l_k == 0:
+        return o.zero_()
+    cfg = short_config(l_q, l_k, D, gpu_arch(q.device), interpret)
+    mp, smb, smn = mask_args(mask, q)
+    _short_fwd_kernel[_grid(B * H, cfg.seqs)](
+        q, k, v, o, mp,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn,
+        B * H, H, l_q, l_k, scale * 1.4426950408889634,
+        HEAD_DIM=D, HAS_MASK=mask is not None, SEQS=cfg.seqs, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_D=block_d(D), num_warps=cfg.warps_fwd, num_stages=1,
+    )  # fmt: skip
+    return o
+
+
+def short_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    interpret: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed one-pass backward: (dQ, dK, dV), deterministic (no atomics)."""
+    if do.shape != q.shape:
+        raise ValueError(
+            f"attention backward: dO has shape {tuple(do.shape)}, expected {tuple(q.shape)}"
+        )
+    B, H, l_q, D = q.shape
+    l_k = k.shape[2]
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    if dq.numel() == 0 or l_k == 0:
+        return dq, dk, dv
+    do = do.to(q.dtype)
+    cfg = short_config(l_q, l_k, D, gpu_arch(q.device), interpret)
+    mp, smb, smn = mask_args(mask, q)
+    _short_bwd_kernel[_grid(B * H, cfg.seqs)](
+        q, k, v, do, dq, dk, dv, mp,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        *dq.stride(), *dk.stride(), *dv.stride(), smb, smn,
+        B * H, H, l_q, l_k, scale * 1.4426950408889634, scale,
+        HEAD_DIM=D, HAS_MASK=mask is not None, SEQS=cfg.seqs, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_D=block_d(D), num_warps=cfg.warps_bwd, num_stages=1,
+    )  # fmt: skip
+    return dq, dk, dv
