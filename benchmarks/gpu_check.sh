@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one prepared GPU check, run from the repo root on the device machine:
+#   bash benchmarks/gpu_check.sh            (results under $OUT, default ./gpu_out)
+# It installs rsfm without dependencies (the GPU image has torch, triton, einops,
+# safetensors, numpy, pytest; not rasterio/deepspeed/xformers, which nothing here needs),
+# runs the GPU kernel tests, then the kernel benchmarks against their peers in one run.
+# Each step has its own time limit so one hang cannot eat the whole lease.
+set -uo pipefail
+OUT="${OUT:-gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/rsfm_site . \
+  || { echo "install failed"; exit 1; }
+export PYTHONPATH="/tmp/rsfm_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  echo "== $name (limit ${secs}s) =="
+  timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]} =="
+}
+step gpu_tests 180 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x
+step attention_bench 240 python3 -m benchmarks.attention --json "$OUT/attention.json"
+ls -la "$OUT"
