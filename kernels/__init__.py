@@ -4,6 +4,7 @@ embedding and InfoNCE, each with a pure-PyTorch reference and backends chosen by
 
 from . import dispatch
 from .attention import attention, attention_reference
-from .infonce import info_nce, info_nce_reference
+from .infonce import info_nce, info_nce_reference  # noqa: F401
+from .spectral_embed import spectral_patch_embed, spectral_patch_embed_reference  # noqa: F401
 
-__all__ = ["attention", "attention_reference", "dispatch", "info_nce", "info_nce_reference"]
+__all__ = ["attention", "attention_reference", "dispatch"]
