@@ -53,6 +53,12 @@ class DataSection:
     modality_dropout: float = 0.3  # probability that a view loses one of its modalities
     workers: int = 2
     synthetic_samples: int = 256  # scenes per epoch of the synthetic source
+    min_overlap: float = 0.25  # least fraction of a view's tokens that both views cover
+    rotate_flip: bool = True  # random flips and 90-degree rotations, per view
+    shuffle_shards: int = 2  # shards whose samples are shuffled together (the shuffle buffer)
+    max_corrupt: int = 10  # corrupt samples skipped per (rank, worker) stream before aborting
+    synthetic_size: int | None = None  # synthetic scene side in pixels (None: 2 x crop_size)
+    synthetic_cache_mb: int = 512  # synthetic scenes kept per worker (0: regenerate each time)
 
 
 @dataclass
@@ -119,6 +125,9 @@ class RunSection:
     ckpt_every: int = 500
     keep_ckpts: int = 3
     max_nonfinite_skips: int = 5  # abort after this many non-finite steps in a row
+    # "no": start fresh (refused if out_dir holds checkpoints); "auto": newest complete
+    # checkpoint of out_dir, if any; else the path of a checkpoint folder.
+    resume: str = "no"
 
 
 @dataclass
