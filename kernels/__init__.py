@@ -4,7 +4,15 @@ embedding and InfoNCE, each with a pure-PyTorch reference and backends chosen by
 
 from . import dispatch
 from .attention import attention, attention_reference
-from .infonce import info_nce, info_nce_reference  # noqa: F401
-from .spectral_embed import spectral_patch_embed, spectral_patch_embed_reference  # noqa: F401
+from .infonce import info_nce, info_nce_reference
+from .spectral_embed import spectral_patch_embed, spectral_patch_embed_reference
 
-__all__ = ["attention", "attention_reference", "dispatch"]
+__all__ = [
+    "attention",
+    "attention_reference",
+    "dispatch",
+    "info_nce",
+    "info_nce_reference",
+    "spectral_patch_embed",
+    "spectral_patch_embed_reference",
+]
