@@ -7,7 +7,7 @@ on ``EncoderOutput.dense``, trained from scratch with AdamW on random 32 x 32 px
 of training scenes, scored on every token of held-out scenes. Reports accuracy,
 parameters and time per step. The numbers in docs/model.md come from::
 
-    python -m rsfm_core.model.ablation --steps 300
+    python -m benchmarks.model_ablation --steps 300
 
 It runs on the CPU in minutes; its purpose is a relative comparison, not a benchmark.
 """
@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import ModalityData
-from ..synthetic import make_scene
-from .registry import build_model
+from rsfm_core.data import ModalityData
+from rsfm_core.model import build_model
+from rsfm_core.synthetic import make_scene
 
 SENSORS = {"s2": "sentinel2_l2a", "s1": "sentinel1_grd"}
 
