@@ -16,6 +16,7 @@ SUBCOMMANDS = (
     ("rsfm_core.cli", "add_info_parser"),
     ("rsfm_core.cli", "add_synth_parser"),
     ("rsfm_core.demo", "add_parser"),
+    ("rsfm_core.embed_cli", "add_parser"),
 )
 
 

@@ -1,0 +1,250 @@
+"""Embedding throughput: GeoTIFF scene -> rsfm_core.Embedder.embed_rasters -> COG + chips.
+
+    python -m benchmarks.embed                          # rsfm_tiny, 2048 x 2048 px, CPU
+    python -m benchmarks.embed --models rsfm_tiny,rsfm_base --size 512
+    python -m benchmarks.embed --huge --rows 1024       # 20,000 x 20,000 px, first 1024 rows
+    python -m benchmarks.embed --json runs/bench_embed.json
+
+Reports km2/s and pixels/s (10 m pixels), the time split into read / compute / write /
+finalize (COG + GeoParquet), and the peak RSS of the process that embedded (each case
+runs in a fresh subprocess, ``resource.getrusage`` max RSS). Weights are random
+(``Embedder.random``): throughput does not depend on them.
+
+The scene is written block by block with rasterio windowed writes (smooth fields plus
+texture, deterministic per block), so any size fits in memory: Sentinel-2 L2A (uint16)
+and optionally Sentinel-1 (float32 dB), one file per date, 10 m, UTM 33N. ``--huge``
+writes 20,000 x 20,000 px with the four 10 m S2 bands (3.2 GB raw); ``--rows R``
+embeds only the region of the first R pixel rows across the full width (the stitching
+buffer and the row writes are full-width, so peak memory is that of the whole run) and
+the table extrapolates the whole-scene time from that rate, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _common as C
+
+S2_10M = ["B02", "B03", "B04", "B08"]
+
+
+# ---------------------------------------------------------------------------- scene
+
+
+def _field(bands: int, r0: int, c0: int, h: int, w: int, seed: int) -> np.ndarray:
+    """(bands, h, w) in [0, 1]: a few sinusoids of the absolute pixel coordinates (seamless
+    across blocks) plus per-pixel hash texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[r0 : r0 + h, c0 : c0 + w].astype(np.float32)
+    out = np.empty((bands, h, w), np.float32)
+    for b in range(bands):
+        f = rng.uniform(0.002, 0.03, (3, 2))
+        ph = rng.uniform(0, 2 * np.pi, 3)
+        v = sum(np.sin(f[k, 0] * yy + f[k, 1] * xx + ph[k]) for k in range(3)) / 6 + 0.5
+        tex = ((yy * 73856093 + xx * 19349663 + b * 83492791) % 1000) / 1000.0
+        out[b] = 0.85 * v + 0.15 * tex
+    return out
+
+
+def write_scene(folder: Path, size: int, dates: int, bands: list[str], s1: bool) -> dict:
+    """One GeoTIFF per sensor and date (tiled 512, DEFLATE), written 2048 rows at a time."""
+    import rasterio
+    from affine import Affine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[str]] = {"s2": [], "s1": []}
+    prof = dict(driver="GTiff", width=size, height=size, crs="EPSG:32633", tiled=True,
+                blockxsize=512, blockysize=512, compress="deflate", bigtiff="IF_SAFER",
+                transform=Affine(10, 0, 400000, 0, -10, 5000000))  # fmt: skip
+    kinds = [("s2", "uint16", 0, bands)] + (
+        [("s1", "float32", float("nan"), ["VV", "VH"])] if s1 else []
+    )
+    for kind, dtype, nodata, names in kinds:
+        for t in range(dates):
+            path = folder / f"{kind}_{size}_{t}.tif"
+            files[kind].append(str(path))
+            if path.exists():
+                continue
+            tmp = path.with_suffix(".partial.tif")
+            with rasterio.open(
+                tmp, "w", count=len(names), dtype=dtype, nodata=nodata, **prof
+            ) as ds:
+                ds.update_tags(RSFM_DATE=f"2021-{4 + t:02d}-15")
+                for i, n in enumerate(names, start=1):
+                    ds.set_band_description(i, n)
+                for r in range(0, size, 2048):
+                    h = min(2048, size - r)
+                    x = _field(len(names), r, 0, h, size, seed=t * 97 + (kind == "s1"))
+                    x = 200 + x * 4000 if kind == "s2" else -22 + 17 * x
+                    ds.write(x.astype(dtype), window=((r, r + h), (0, size)))
+            os.replace(tmp, path)
+    return files
+
+
+# ---------------------------------------------------------------------------- one case
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+class _RssSampler:
+    """Samples this process's resident memory every 0.5 s: when did the peak happen?"""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.t0, self.peak, self.at, self.stop = time.perf_counter(), 0.0, 0.0, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            if rss > self.peak:
+                self.peak, self.at = rss, time.perf_counter() - self.t0
+            time.sleep(0.5)
+
+
+def run_case(case: dict) -> dict:
+    """Embed one scene with one model (in this process) and report."""
+    import warnings
+
+    import torch
+
+    import rsfm_core as rs
+
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
+    files, out = case["files"], Path(case["out"])
+    inputs = {"s2": rs.RasterInput("sentinel2_l2a", files["s2"])}
+    if files.get("s1"):
+        inputs["s1"] = rs.RasterInput("sentinel1_grd", files["s1"])
+    from rsfm_core import embed_run
+
+    phases = {}
+    finalize = embed_run.finalize
+
+    def timed_finalize(*a, **k):  # the peak RSS of streaming, before the outputs are written
+        phases["stream_peak_rss_mb"] = _peak_rss_mb()
+        phases["finalize_at_s"] = time.perf_counter() - sampler.t0
+        return finalize(*a, **k)
+
+    embed_run.finalize = timed_finalize
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights, bands/modalities not given
+        emb = rs.Embedder.random(case["model"], device=case["device"])
+        rss0 = _peak_rss_mb()
+        sampler = _RssSampler()
+        res = emb.embed_rasters(
+            inputs, out / "emb.tif", parquet=out / "chips.parquet", tile=case["tile"],
+            overlap=case["overlap"], batch=case["batch"], dtype="float16",
+            region=case.get("region"), progress=case.get("progress", False),
+        )  # fmt: skip
+    s = res.seconds
+    sampler.stop = True
+    phases.update(sampled_peak_mb=sampler.peak, sampled_peak_at_s=sampler.at)
+    return {
+        "model": case["model"], "scene_px": case["size"], "region_px": res.pixels,
+        "tiles": res.tiles, "computed": res.computed, "km2": res.km2,
+        "s_total": s["total"], "s_read": s["read"], "s_compute": s["compute"],
+        "s_write": s["write"], "s_finalize": s["finalize"],
+        "km2_per_s": res.km2 / s["total"], "px_per_s": res.pixels / s["total"],
+        "peak_rss_mb": _peak_rss_mb(), "rss_before_embed_mb": rss0, **phases,
+        "threads": torch.get_num_threads(), "device": str(emb.device),
+        "out_mb": sum(p.stat().st_size for p in (res.out, res.parquet)) / 2**20,
+    }  # fmt: skip
+
+
+def _subprocess(case: dict) -> dict:
+    """Run one case in a fresh interpreter so that its peak RSS is its own."""
+    env = {**os.environ}
+    if case.get("threads"):
+        env["OMP_NUM_THREADS"] = str(case["threads"])
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.embed", "--case", json.dumps(case)],
+        cwd=C.REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if p.returncode != 0:
+        raise RuntimeError(f"case {case['model']} failed:\n{p.stderr[-4000:]}")
+    line = next(x for x in p.stdout.splitlines()[::-1] if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--models", default="rsfm_tiny", help="comma-separated registry names")
+    p.add_argument("--size", type=int, default=2048, help="scene side in px (default 2048)")
+    p.add_argument("--huge", action="store_true", help="20,000 x 20,000 px, S2 10 m bands")
+    p.add_argument("--rows", type=int, help="embed only the first ROWS pixel rows (full width)")
+    p.add_argument("--dates", type=int, default=1, help="dates per sensor (default 1)")
+    p.add_argument("--s1", action="store_true", help="add Sentinel-1 (VV, VH)")
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", default="", help="comma-separated torch thread counts to try")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=str(C.REPO / "runs" / "bench_embed"), help="scene folder")
+    p.add_argument("--case", help=argparse_hidden())
+    a = p.parse_args(argv)
+    if a.case:
+        print("RESULT " + json.dumps(run_case(json.loads(a.case))), flush=True)
+        return 0
+    size = 20000 if a.huge else a.size
+    bands = S2_10M if a.huge else None
+    from rsfm_core import sensors
+
+    t0 = time.perf_counter()
+    names = bands or list(sensors.get("sentinel2_l2a").band_names)
+    files = write_scene(Path(a.data), size, a.dates, names, a.s1 and not a.huge)
+    print(f"scene {size} x {size} px ready in {time.perf_counter() - t0:.0f} s ({a.data})")
+    region = (0, 0, min(a.rows, size), size) if a.rows else None
+    rows = []
+    for model in a.models.split(","):
+        for threads in [int(t) for t in a.threads.split(",") if t] or [None]:
+            out = Path(a.data) / f"out_{model}_{threads or 'default'}"
+            out.mkdir(parents=True, exist_ok=True)
+            case = dict(model=model, size=size, files=files, out=str(out), tile=a.tile,
+                        overlap=a.overlap, batch=a.batch, region=region, threads=threads,
+                        device=a.device)  # fmt: skip
+            r = _subprocess(case)
+            if region:
+                r["extrapolated_full_s"] = r["s_total"] * size * size / r["region_px"]
+            rows.append(r)
+            C.print_table([r], list(r)[:10] + ["km2_per_s", "px_per_s", "peak_rss_mb"])
+    cols = ["model", "threads", "scene_px", "region_px", "tiles", "km2", "s_total", "s_read",
+            "s_compute", "s_write", "s_finalize", "km2_per_s", "px_per_s", "rss_before_embed_mb",
+            "stream_peak_rss_mb", "peak_rss_mb"]  # fmt: skip
+    if region:
+        cols.append("extrapolated_full_s")
+    C.print_table(
+        rows, cols, title=f"embed_rasters on {C.device_name()} ({time.strftime('%Y-%m-%d')})"
+    )
+    if region:
+        print(f"extrapolated_full_s: the whole {size} x {size} scene at the measured rate "
+              f"(only {region[2]} rows were embedded)")  # fmt: skip
+    if a.json:
+        C.write_json(a.json, {"benchmark": "embed", "results": rows})
+    return 0
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Embedding outputs: the streamed intermediate, the dense COG, GeoParquet chips, numpy.
+
+A run first streams finished token rows into an *intermediate*: an uncompressed,
+tiled, sparse float32 GeoTIFF on the token grid (NaN = nodata) plus a uint16 mask of
+which modalities were valid, both hidden temporaries next to the outputs (uncompressed
+so that windowed row writes never rewrite compressed blocks). :func:`finalize` then
+reads it strip by strip (bounded memory) and writes every requested output under a
+temporary name, renaming each only when it is complete:
+
+- dense map: Cloud-Optimized GeoTIFF through GDAL's COG driver (internal tiles,
+  overviews by averaging, DEFLATE), one band per feature, in the source CRS with the
+  transform scaled to the token grid (or warped bilinearly to the pixel grid), as
+  float32, float16 (``NBITS=16`` half floats) or int8 (per-band linear quantisation,
+  ``value = q * scale + offset``, stored as GDAL band scale/offset and in tags; -128 is
+  nodata);
+- chips: GeoParquet 1.1 (see :mod:`rsfm_core.geoparquet`);
+- ``.npz``: ``embedding`` (D, h, w), ``valid``, ``transform``, ``crs`` and the chips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Grid
+from .io import RasterError
+from .raster import affine_of
+from .stitching import Rows
+
+log = logging.getLogger(__name__)
+
+INT8_NODATA = -128
+_BLOCK = 64  # intermediate block side (tokens); pixel-interleaved, so D * 64 * 64 * 4 bytes
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def check_writable(path: str | os.PathLike | None) -> Path | None:
+    """The output path, or a RasterError naming it when it cannot be written."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise RasterError(f"{p}: is a folder; give a file name for the output")
+    if not p.parent.is_dir():
+        raise RasterError(f"{p}: folder {p.parent} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise RasterError(f"{p}: folder {p.parent} is not writable; choose another output path")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise RasterError(f"{p}: exists and is not writable; remove it or choose another path")
+    return p
+
+
+def temp_path(near: Path, tag: str, suffix: str) -> Path:
+    """A hidden temporary file next to ``near`` (same filesystem: rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{near.name}.{tag}.", suffix=suffix, dir=near.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_quietly(*paths) -> None:
+    for p in paths:
+        if p is not None and os.path.exists(p):
+            os.remove(p)
+
+
+# ---------------------------------------------------------------------------- intermediate
+
+
+def create_intermediate(path: Path, grid: Grid, dim: int, dtype: str, nodata) -> None:
+    import rasterio
+
+    with rasterio.open(
+        path, "w", driver="GTiff", width=grid.width, height=grid.height, count=dim,
+        dtype=dtype, crs=grid.crs, transform=affine_of(grid), nodata=nodata, tiled=True,
+        blockxsize=_BLOCK, blockysize=_BLOCK, interleave="pixel", sparse_ok=True,
+        bigtiff="IF_SAFER",
+    ):  # fmt: skip
+        pass
+
+
+class TiffSink:
+    """Writes flushed :class:`Rows` into the intermediate pair with windowed writes."""
+
+    def __init__(self, data: Path, mask: Path, grid: Grid, dim: int, create: bool = True):
+        import rasterio
+
+        if create:
+            create_intermediate(data, grid, dim, "float32", float("nan"))
+            create_intermediate(mask, grid, 1, "uint16", None)
+        self.data = rasterio.open(data, "r+")
+        self.mask = rasterio.open(mask, "r+")
+
+    def write(self, rows: Rows) -> None:
+        from rasterio.windows import Window
+
+        n, w = rows.bits.shape
+        win = Window(0, rows.row, w, n)
+        self.data.write(rows.dense, window=win)
+        self.mask.write(rows.bits[None], window=win)
+
+    def close(self) -> None:
+        self.data.close()
+        self.mask.close()
+
+
+def copy_rows(src: Path, dst, row: int, n: int, step: int = 256) -> None:
+    """Copy token rows [row, row + n) of ``src`` into the open dataset ``dst``."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(src) as s:
+        for r in range(row, row + n, step):
+            win = Window(0, r, s.width, min(step, row + n - r))
+            dst.write(s.read(window=win), window=win)
+
+
+# ---------------------------------------------------------------------------- scan
+
+
+@dataclass
+class Scan:
+    """One pass over the intermediate: the per-band range (for int8 quantisation)."""
+
+    band_min: np.ndarray
+    band_max: np.ndarray
+
+
+def _chips_of_strip(dense, bits, row0: int, chip: int) -> list[dict]:
+    """Pooled vectors of the chips in one strip of token rows ``dense`` (D, n, W)."""
+    D, n, W = dense.shape
+    out = []
+    for c0 in range(0, W, chip):
+        block = dense[:, :, c0 : c0 + chip].reshape(D, -1)  # (D, n*w)
+        ok = ~np.isnan(block[0])
+        if not ok.any():
+            continue  # all-nodata chip: no row
+        out.append(
+            {
+                "tok": (row0, c0, n, block.shape[1] // n),
+                "vector": block[:, ok].mean(axis=1, dtype=np.float64).astype(np.float32),
+                "valid_fraction": float(ok.mean()),
+                "bits": int(np.bitwise_or.reduce(bits[:, c0 : c0 + chip].ravel())),
+            }
+        )
+    return out
+
+
+def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: np.ndarray | None = None) -> Scan:
+    """Read the intermediate in strips of ``chip`` token rows: band ranges, the chips of
+    each strip (passed to every ``on_chips`` callable), and a copy into ``npy`` (a
+    (D, h, w) memmap) when given. Memory: one strip."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(data) as ds, rasterio.open(mask) as ms:
+        lo = np.full(ds.count, np.inf)
+        hi = np.full(ds.count, -np.inf)
+        for r in range(0, ds.height, chip):
+            win = Window(0, r, ds.width, min(chip, ds.height - r))
+            dense, bits = ds.read(window=win), ms.read(1, window=win)
+            if npy is not None:
+                npy[:, r : r + dense.shape[1]] = dense
+            flat = dense.reshape(dense.shape[0], -1)  # fmin/fmax skip NaN without a copy
+            lo = np.fmin(lo, np.fmin.reduce(flat, axis=1))
+            hi = np.fmax(hi, np.fmax.reduce(flat, axis=1))
+            if on_chips:
+                chips = _chips_of_strip(dense, bits, r, chip)
+                for fn in on_chips:
+                    fn(chips)
+    return Scan(lo, hi)
+
+
+# ---------------------------------------------------------------------------- COG
+
+
+def int8_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (scale, offset) mapping [lo, hi] onto [-127, 127]."""
+    lo = np.where(np.isfinite(lo), lo, 0.0)
+    hi = np.where(np.isfinite(hi), hi, 0.0)
+    scale = np.maximum(hi - lo, 1e-12) / 254.0
+    return scale.astype(np.float64), ((hi + lo) / 2).astype(np.float64)
+
+
+def _quantize(src: Path, dst: Path, scale, offset) -> None:
+    import rasterio
+
+    with rasterio.open(src) as s:
+        prof = s.profile | {"dtype": "int8", "nodata": INT8_NODATA}
+        with rasterio.open(dst, "w", **prof) as d:
+            for _, win in s.block_windows(1):
+                x = s.read(window=win).astype(np.float64)  # (D, h, w)
+                q = np.rint((x - offset[:, None, None]) / scale[:, None, None])
+                q = np.clip(np.nan_to_num(q, nan=INT8_NODATA), -127, 127)
+                q[np.isnan(x)] = INT8_NODATA
+                d.write(q.astype(np.int8), window=win)
+            d.scales = tuple(float(v) for v in scale)
+            d.offsets = tuple(float(v) for v in offset)
+
+
+def _to_pixels(src: Path, dst: Path, pixel_grid: Grid) -> None:
+    """Bilinear upsampling of the token map onto the pixel grid (GDAL warp, streamed)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.shutil import copy as rio_copy
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(src) as s, WarpedVRT(
+        s, crs=s.crs, transform=affine_of(pixel_grid), width=pixel_grid.width,
+        height=pixel_grid.height, resampling=Resampling.bilinear, nodata=float("nan"),
+    ) as vrt:  # fmt: skip
+        rio_copy(
+            vrt, dst, driver="GTiff", tiled=True, blockxsize=256, blockysize=256,
+            interleave="pixel", bigtiff="IF_SAFER",
+        )  # fmt: skip
+
+
+def _overviews(h: int, w: int, block: int) -> dict:
+    """GDAL's AUTO levels (halve until one block holds the image), but at least one level
+    for images of 16 px and more, so that small maps have a preview too."""
+    levels, side = 0, max(h, w)
+    while side > block:
+        side, levels = side / 2, levels + 1
+    if levels == 0 and max(h, w) >= 16:
+        levels = 1
+    return {"overview_count": levels} if levels else {"overviews": "NONE"}
+
+
+@dataclass(frozen=True)
+class CogSpec:
+    dtype: str = "float16"  # float16 | float32 | int8
+    resolution: str = "token"  # token | pixel
+    blocksize: int = 256
+    compress: str = "deflate"
+
+
+def write_cog(
+    data: Path, out: Path, spec: CogSpec, stats: Scan, tags: Mapping, pixel_grid: Grid
+) -> Path:
+    """The dense COG from the intermediate ``data`` into ``out`` (a temporary name next
+    to the final output; the caller renames it, or removes it on failure)."""
+    dst = out
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+
+    temps, src = [], data
+    try:
+        if spec.resolution == "pixel":
+            src = temp_path(dst, "px", ".tif")
+            temps.append(src)
+            _to_pixels(data, src, pixel_grid)
+        extra = {}
+        if spec.dtype == "int8":
+            scale, offset = int8_params(stats.band_min, stats.band_max)
+            q = temp_path(dst, "q", ".tif")
+            temps.append(q)
+            _quantize(src, q, scale, offset)
+            src = q
+            tags = {**tags, "RSFM_QUANTIZATION": "int8 linear per band: value = q * scale + "
+                    "offset (GDAL band scale/offset); -128 = nodata"}  # fmt: skip
+        elif spec.dtype == "float16":
+            extra["nbits"] = 16
+        with rasterio.open(src, "r+") as ds:
+            ds.update_tags(**{k: str(v) for k, v in tags.items()})
+            for i in range(1, ds.count + 1):
+                ds.set_band_description(i, f"emb_{i - 1:03d}")
+        with rasterio.open(src) as s:
+            rio_copy(
+                s, out, driver="COG", compress=spec.compress.upper(), blocksize=spec.blocksize,
+                resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+                **_overviews(s.height, s.width, spec.blocksize), **extra,
+            )  # fmt: skip
+        return out
+    finally:
+        remove_quietly(*temps)
+
+
+# ---------------------------------------------------------------------------- numpy
+
+
+def write_npz(tmp: Path, npy: np.ndarray, grid: Grid, chips: Mapping[str, np.ndarray]) -> Path:
+    """An uncompressed ``.npz`` streamed from the (D, h, w) memmap ``npy`` into ``tmp``."""
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            embedding=npy,
+            valid=~np.isnan(npy[0]),
+            transform=np.asarray(grid.transform, dtype=np.float64),
+            crs=np.asarray(grid.crs or ""),
+            **{f"chip_{k}": v for k, v in chips.items()},
+        )
+    return tmp
