@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     ("rsfm_core.cli", "add_synth_parser"),
     ("rsfm_core.demo", "add_parser"),
     ("rsfm_core.embed_cli", "add_parser"),
+    ("rsfm_train.prepare", "add_prepare_parser"),
 )
 
 
