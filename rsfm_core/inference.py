@@ -148,61 +148,6 @@ class EmbedResult:
         )
 
 
-# ---------------------------------------------------------------------------- positions
-
-
-class GlobalPositions:
-    """Shifts the patch embedding's sin-cos positions from tile-local to region-global
-    token coordinates (a forward hook on ``model.patch_embed``), so that a tile sees the
-    positions the whole raster would. Needs the encoder's additive
-    ``sincos_pos_2d`` positions; checked against it for every tile shape."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        from .model import patch_embed as pe
-
-        if not hasattr(model, "patch_embed") or not hasattr(pe, "sincos_pos_2d"):
-            raise ValueError("positions='global' needs an RSFMEncoder with sin-cos positions")
-        self.model, self.pe = model, pe
-        self.offsets: torch.Tensor | None = None  # (B, 2) token (row, col) of each tile
-        self.checked: set = set()
-
-    @staticmethod
-    def table(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
-        """MAE's 2-D sin-cos embedding at token coordinates ``rows``/``cols`` (N,)."""
-        omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-        ay, ax = rows[:, None].float() * omega, cols[:, None].float() * omega  # (N, D/4)
-        return torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)  # (N, D)
-
-    def _delta(self, h: int, w: int, dim: int, device) -> torch.Tensor:
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        ys, xs = ys.reshape(-1), xs.reshape(-1)  # (N,)
-        base = self.table(ys, xs, dim)
-        if (h, w, dim) not in self.checked:
-            ref = self.pe.sincos_pos_2d(h, w, dim).cpu()
-            if not torch.allclose(ref, base, atol=1e-5):
-                raise ValueError("the model's positions are not MAE sin-cos: use positions='tile'")
-            self.checked.add((h, w, dim))
-        out = [self.table(ys + r, xs + c, dim) - base for r, c in self.offsets.tolist()]
-        return torch.stack(out).to(device)  # (B, N, D)
-
-    def hook(self, module, args, output):
-        pixels, _, bands, modality = args[:4]
-        tokens, tvalid = output
-        B, T, _, H, W = pixels.shape  # (B, T, C, H, W)
-        p = module.config.modalities[modality].patch
-        N, D = tokens.shape[-2:]
-        delta = self._delta(H // p, W // p, D, tokens.device)  # (B, N, D)
-        x = tokens.view(B, T * bands.num_groups, N, D) + delta[:, None].to(tokens.dtype)
-        return x.view(-1, N, D), tvalid
-
-    def __enter__(self):
-        self.handle = self.model.patch_embed.register_forward_hook(self.hook)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 # ---------------------------------------------------------------------------- embedder
 
 
@@ -280,14 +225,14 @@ class Embedder:
         return self.config.dim
 
     # ------------------------------------------------------------------ compute
-    def _forward(self, samples: Sequence[Mapping[str, ModalityData]], offsets, hook):
-        """Tiles -> dense (B, D, h, w) float32, valid (B, h, w), modality bits (B, h, w)."""
+    def _forward(self, samples: Sequence[Mapping[str, ModalityData]], offsets=None):
+        """Tiles -> dense (B, D, h, w) float32, valid (B, h, w), modality bits (B, h, w);
+        ``offsets``: each tile's token (row, col) in the region for global positions."""
         batch = stack(samples, self.device)
         autocast = self.dtype != torch.float32
-        if hook is not None:
-            hook.offsets = torch.as_tensor(offsets, dtype=torch.long)  # (B, 2)
+        kw = {} if offsets is None else {"pos_offset": torch.tensor(offsets, dtype=torch.long)}
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=autocast):
-            out = self.model(batch)
+            out = self.model(batch, **kw)
         bits = torch.zeros(out.valid.shape, dtype=torch.int32, device=out.valid.device)
         for m, v in out.modality_valid.items():
             bits |= v.to(torch.int32) << self.bit[m]
@@ -297,7 +242,7 @@ class Embedder:
             bits.cpu().numpy().astype(np.uint16),
         )
 
-    def _band(self, source: Source, band, sink, opts: EmbedOptions, timer, pbar, hook):
+    def _band(self, source: Source, band, sink, opts: EmbedOptions, timer, pbar):
         """Compute one band of tile rows, flush its owned token rows to ``sink``;
         returns (tiles computed, tiles skipped for having no valid pixel)."""
         L, t = source.layout, source.layout.token_px
@@ -332,7 +277,8 @@ class Embedder:
                 if keep:
                     t0 = time.perf_counter()
                     offs = [(chunk[k].row // t, chunk[k].col // t) for k in keep]
-                    dense, valid, bits = self._forward([samples[k] for k in keep], offs, hook)
+                    pos = offs if opts.positions == "global" else None
+                    dense, valid, bits = self._forward([samples[k] for k in keep], pos)
                     timer["compute"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     for n, (r, c) in enumerate(offs):
@@ -350,17 +296,12 @@ class Embedder:
 
         L = source.layout
         total = sum(len(L.rows[i]) for b in bands for i in b.tile_rows)
-        hook = GlobalPositions(self.model) if opts.positions == "global" else None
         pbar = tqdm(total=total, unit="tile", desc="embed", disable=not (opts.progress and rank0))
         try:
-            if hook is not None:
-                hook.__enter__()
-            counts = [self._band(source, b, sink, opts, timer, pbar, hook) for b in bands]
+            counts = [self._band(source, b, sink, opts, timer, pbar) for b in bands]
             return sum(c for c, _ in counts), sum(s for _, s in counts)
         finally:
             pbar.close()
-            if hook is not None:
-                hook.__exit__()
 
     # ------------------------------------------------------------------ in memory
     def embed(

@@ -5,10 +5,11 @@ Checks, in order (each failure is a :class:`CheckpointError` naming the file):
 
 1. ``config.json`` parses as an rsfm encoder config (``rsfm_core.model.read_config``).
 2. The SHA-256 of ``model.safetensors`` equals the recorded one: ``weights_sha256`` in
-   ``config.json`` if present, else the sidecar ``model.safetensors.sha256``
-   (``sha256sum`` format, written by :func:`write_checksum`). With none recorded the
-   digest is computed, logged and carried into the outputs' tags, and a warning says the
-   file could not be verified (``verify="strict"`` makes that an error).
+   ``config.json`` (written by ``save_pretrained``) if present, else the sidecar
+   ``model.safetensors.sha256`` (``sha256sum`` format, written by :func:`write_checksum`).
+   With none recorded the digest is computed, logged and carried into the outputs' tags,
+   and a warning says the file could not be verified (``verify="strict"`` makes that an
+   error).
 3. The safetensors header is well formed (length, JSON, dtypes, contiguous in-bounds
    data offsets that match each shape: catches truncation) and every tensor's name,
    shape and dtype class match what the config builds.

@@ -3,7 +3,9 @@
 ``model(batch)`` takes ``{modality name: ModalityData}`` (batched ``[B, T, C, H, W]``,
 physical values; any declared modality may be missing, any band subset may be given) and
 returns an :class:`EncoderOutput`. All modalities must give the same token grid
-``(H / patch, W / patch)``.
+``(H / patch, W / patch)``. ``model(batch, pos_offset=(r, c))`` embeds inputs whose
+top-left token is token ``(r, c)`` of a larger frame with that frame's positions (tiled
+inference with region-global positions).
 """
 
 from __future__ import annotations
@@ -204,9 +206,14 @@ class RSFMEncoder(nn.Module):
         self,
         batch: Mapping[str, ModalityData],
         intermediate_layers: Sequence[int] | None = None,
+        pos_offset: tuple[int, int] | torch.Tensor | None = None,
     ) -> EncoderOutput:
         """Encode ``batch``; ``intermediate_layers``: spatial block indices (negative
-        allowed) whose outputs to return in ``EncoderOutput.intermediates``."""
+        allowed) whose outputs to return in ``EncoderOutput.intermediates``.
+        ``pos_offset``: token (row, col) at which the inputs' top-left token sits in a
+        larger frame (a crop or tile of it), as an int pair for the whole batch or an
+        integer (B, 2) tensor per sample; positions then match the larger frame's.
+        None: (0, 0)."""
         data = self._prepare(batch)
         h, w = _token_grid(self.config, data)
         keep = tuple(intermediate_layers or ())
@@ -214,7 +221,7 @@ class RSFMEncoder(nn.Module):
         for name, d in data.items():
             bands = self._band_set(name, d)
             valid = d.valid & torch.isfinite(d.pixels).all(dim=2)  # (B, T, H, W)
-            tokens[name], tvalid[name] = self.patch_embed(d.pixels, valid, bands, name)
+            tokens[name], tvalid[name] = self.patch_embed(d.pixels, valid, bands, name, pos_offset)
             B, T = d.pixels.shape[:2]
             shapes[name] = (B, T, bands.num_groups, h * w)  # (B, T, G, N)
         spatial = self.spatial(tokens, tvalid, keep)

@@ -1,10 +1,12 @@
 """Checkpoints for users: ``config.json`` + ``model.safetensors`` (no pickle, ever).
 
 ``config.json`` holds ``{"format": "rsfm-encoder", "format_version": 1, "rsfm_version",
-"config": ModelConfig.to_dict()}``; the config carries the sensors (band descriptors and
-normalisation statistics), so a loaded model needs nothing from the live registry.
-Both files are written under a temporary name and renamed, so a partial write never
-looks complete.
+"weights_sha256", "config": ModelConfig.to_dict()}``; the config carries the sensors (band
+descriptors and normalisation statistics), so a loaded model needs nothing from the live
+registry. ``weights_sha256`` is the SHA-256 of ``model.safetensors``, checked by the
+inference loader (:mod:`rsfm_core.pretrained`); older checkpoints without it still load.
+Both files are written under a temporary name and renamed, the weights first and
+``config.json`` last, so a partial write never looks complete.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..pretrained import sha256_file
 from .config import FORMAT, FORMAT_VERSION, ModelConfig
 from .encoder import RSFMEncoder
 
@@ -38,25 +41,27 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_pretrained(model: RSFMEncoder, path: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into the folder ``path`` (created)."""
+    """Write ``model.safetensors``, then ``config.json`` with its SHA-256, into the folder
+    ``path`` (created)."""
     from .. import __version__
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "rsfm_version": __version__,
+        "weights_sha256": sha256_file(path / WEIGHTS_NAME),  # of the file as renamed into place
         "config": model.config.to_dict(),
     }
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
 
-    _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _atomic_write(path / CONFIG_NAME, write_json)
     return path
 

@@ -22,6 +22,8 @@ Decisions:
   ``(k / p)**2`` (the FlexiViT-style resize that keeps a smooth input's response), which
   bounds the generator at ``hyper_dim * 64 * D`` parameters per kernel size.
 - Positions are fixed 2-D sin-cos (MAE): any token grid works without interpolation.
+  They count from the input's top-left token plus ``pos_offset`` (token units), so a crop
+  at token ``(r, c)`` embedded with ``pos_offset=(r, c)`` sees the whole input's positions.
 - Normalisation ``(x - mean) / std`` with the checkpoint's sensor statistics and the
   invalid-pixel zeroing happen inside the op so that a fused kernel reads pixels once.
 """
@@ -29,6 +31,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -126,19 +129,52 @@ def make_band_set(
 # ---------------------------------------------------------------------------- helpers
 
 
-def sincos_pos_2d(h: int, w: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """MAE's fixed 2-D sin-cos position embedding, ``(h * w, dim)`` row-major; ``dim % 4 == 0``."""
+def sincos_pos_2d(
+    h: int,
+    w: int,
+    dim: int,
+    device: torch.device | str = "cpu",
+    offset: tuple[int, int] = (0, 0),
+) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position embedding, ``(h * w, dim)`` row-major, of the token
+    rows ``offset[0] + [0, h)`` and columns ``offset[1] + [0, w)``; ``dim % 4 == 0``."""
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
+    r, c = offset
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4))
     ys, xs = torch.meshgrid(
-        torch.arange(h, device=device, dtype=torch.float32),
-        torch.arange(w, device=device, dtype=torch.float32),
+        torch.arange(r, r + h, device=device, dtype=torch.float32),
+        torch.arange(c, c + w, device=device, dtype=torch.float32),
         indexing="ij",
     )
     ay = ys.reshape(-1, 1) * omega  # (N, D/4)
     ax = xs.reshape(-1, 1) * omega  # (N, D/4)
     return torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)  # (N, D)
+
+
+def sample_offsets(
+    pos_offset: tuple[int, int] | torch.Tensor | None, batch: int
+) -> list[tuple[int, int]]:
+    """``pos_offset`` (None, an int pair for the whole batch, or an integer (B, 2) tensor of
+    per-sample token (row, col)) -> one pair when all samples share it, else B pairs."""
+    if pos_offset is None:
+        return [(0, 0)]
+    if isinstance(pos_offset, torch.Tensor):
+        if pos_offset.is_floating_point() or tuple(pos_offset.shape) not in ((2,), (batch, 2)):
+            raise ValueError(
+                f"pos_offset must be an integer tensor of shape (2,) or (B, 2) = ({batch}, 2) "
+                f"in token units, got {pos_offset.dtype} {tuple(pos_offset.shape)}"
+            )
+        rows = [tuple(o) for o in pos_offset.reshape(-1, 2).tolist()]
+    else:
+        try:
+            r, c = pos_offset
+            rows = [(operator.index(r), operator.index(c))]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"pos_offset must be a (row, col) pair of ints in token units, got {pos_offset!r}"
+            ) from None
+    return rows[:1] if len(set(rows)) == 1 else rows
 
 
 def token_validity(valid: torch.Tensor, patch: int, min_frac: float) -> torch.Tensor:
@@ -217,10 +253,16 @@ class SpectralPatchEmbed(nn.Module):
             nn.init.normal_(p, std=0.02)
 
     def forward(
-        self, pixels: torch.Tensor, valid: torch.Tensor, bands: BandSet, modality: str
+        self,
+        pixels: torch.Tensor,
+        valid: torch.Tensor,
+        bands: BandSet,
+        modality: str,
+        pos_offset: tuple[int, int] | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``pixels`` (B, T, C, H, W) physical, ``valid`` (B, T, H, W) -> (tokens
-        (B*T*G, N, D), token validity (B*T*G, N))."""
+        (B*T*G, N, D), token validity (B*T*G, N)). ``pos_offset``: token (row, col) of the
+        input's top-left token, a pair for the batch or a (B, 2) integer tensor."""
         m = self.config.modalities[modality]
         B, T, C, H, W = pixels.shape
         p, G = m.patch, bands.num_groups
@@ -230,21 +272,29 @@ class SpectralPatchEmbed(nn.Module):
         bias = bias.expand(G, -1)  # (G, D)
         if modality in self.group_embed:
             bias = bias + self.group_embed[modality]
-        pos = sincos_pos_2d(H // p, W // p, self.config.dim, pixels.device)  # (N, D)
         x = pixels.flatten(0, 1)  # (BT, C, H, W)
         v = valid.flatten(0, 1)  # (BT, H, W)
-        tokens = rsfm_kernels.spectral_patch_embed(
-            x,
-            weight,
-            bands.group_index,
-            G,
-            bias,
-            pos,
-            bands.mean,
-            bands.std,
-            v,
-            backend=self.backend,
-        )  # (BT, G, N, D)
+
+        def embed(x: torch.Tensor, v: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+            pos = sincos_pos_2d(H // p, W // p, self.config.dim, pixels.device, offset)  # (N, D)
+            return rsfm_kernels.spectral_patch_embed(
+                x,
+                weight,
+                bands.group_index,
+                G,
+                bias,
+                pos,
+                bands.mean,
+                bands.std,
+                v,
+                backend=self.backend,
+            )  # (BT, G, N, D)
+
+        offsets = sample_offsets(pos_offset, B)
+        if len(offsets) == 1:
+            tokens = embed(x, v, offsets[0])
+        else:  # the op takes one (N, D) table: one call per sample (its T frames)
+            tokens = torch.cat([embed(pixels[b], valid[b], o) for b, o in enumerate(offsets)])
         tv = token_validity(v, p, self.config.min_valid_frac).flatten(1)  # (BT, N)
         tv = tv[:, None, :] & bands.group_present[None, :, None]  # (BT, G, N)
         return tokens.flatten(0, 1), tv.flatten(0, 1)  # (BT*G, N, D), (BT*G, N)

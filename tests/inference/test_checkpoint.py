@@ -9,7 +9,13 @@ import pytest
 import torch
 
 import rsfm_core as rs
-from rsfm_core.pretrained import SIDECAR_NAME, CheckpointError, read_header, write_checksum
+from rsfm_core.pretrained import (
+    SIDECAR_NAME,
+    CheckpointError,
+    read_header,
+    sha256_file,
+    write_checksum,
+)
 
 from .conftest import inputs_of, micro_embedder, read_cog
 
@@ -21,8 +27,21 @@ def ckpt(tmp_path):
     return d
 
 
-def test_roundtrip_with_recorded_checksum_lands_in_the_tags(ckpt, scene, tmp_path, micro):
-    digest = write_checksum(ckpt)
+def _strip_checksum(ckpt) -> dict:
+    """Drop ``weights_sha256`` from config.json (a checkpoint from before it was recorded)."""
+    cfg = ckpt / "config.json"
+    meta = json.loads(cfg.read_text())
+    del meta["weights_sha256"]
+    cfg.write_text(json.dumps(meta))
+    return meta
+
+
+def test_fresh_checkpoint_verifies_without_sidecar_and_lands_in_the_tags(
+    ckpt, scene, tmp_path, micro
+):
+    digest = json.loads((ckpt / "config.json").read_text())["weights_sha256"]
+    assert digest == sha256_file(ckpt / "model.safetensors")
+    assert not (ckpt / SIDECAR_NAME).exists()
     emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="strict")
     assert emb.info.verified and emb.info.sha256 == digest and emb.info.name == "rsfm_tiny"
     for a, b in zip(emb.model.state_dict().values(), micro.model.state_dict().values()):
@@ -32,14 +51,17 @@ def test_roundtrip_with_recorded_checksum_lands_in_the_tags(ckpt, scene, tmp_pat
     assert tags["RSFM_MODEL_SHA256"] == digest and tags["RSFM_MODEL_VERIFIED"] == "true"
 
 
-def test_checksum_from_config_json_and_unrecorded(ckpt, caplog):
-    cfg = ckpt / "config.json"
-    meta = json.loads(cfg.read_text())
+def test_checksum_from_sidecar_config_json_and_unrecorded(ckpt, caplog):
+    meta = _strip_checksum(ckpt)
     emb = rs.Embedder.from_pretrained(ckpt, device="cpu")  # none recorded: warns, loads
     assert not emb.info.verified and "no recorded SHA-256" in caplog.text
     with pytest.raises(CheckpointError, match="no recorded SHA-256"):
         rs.Embedder.from_pretrained(ckpt, verify="strict")
-    cfg.write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    digest = write_checksum(ckpt)
+    emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="strict")
+    assert emb.info.verified and emb.info.sha256 == digest
+    # config.json's digest takes precedence over the sidecar
+    (ckpt / "config.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256 .* does not match"):
         rs.Embedder.from_pretrained(ckpt)
 
@@ -47,12 +69,12 @@ def test_checksum_from_config_json_and_unrecorded(ckpt, caplog):
 def test_corrupt_and_truncated_weights(ckpt):
     w = ckpt / "model.safetensors"
     data = bytearray(w.read_bytes())
-    write_checksum(ckpt)
-    data[-5] ^= 0xFF  # one flipped bit in a weight
+    data[-5] ^= 0xFF  # one flipped bit in a weight; the digest save_pretrained recorded catches it
     w.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="does not match the recorded"):
+    with pytest.raises(CheckpointError, match="does not match the recorded") as err:
         rs.Embedder.from_pretrained(ckpt)
-    (ckpt / SIDECAR_NAME).unlink()
+    assert str(err.value).startswith(str(w))
+    _strip_checksum(ckpt)
     w.write_bytes(bytes(data[:-100]))  # truncated: caught by the header check
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         rs.Embedder.from_pretrained(ckpt)
@@ -65,8 +87,10 @@ def test_weights_of_another_config(ckpt, tmp_path):
     other = tmp_path / "other"
     micro_embedder(dim=32).model.save_pretrained(other)
     (ckpt / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
-    with pytest.raises(CheckpointError, match="has shape .* the config builds"):
+    with pytest.raises(CheckpointError, match="does not match the recorded"):
         rs.Embedder.from_pretrained(ckpt)
+    with pytest.raises(CheckpointError, match="has shape .* the config builds"):
+        rs.Embedder.from_pretrained(ckpt, verify="off")  # the shape check still runs
 
 
 def test_random_weights_only_when_asked(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from rsfm_kernels import dispatch
 
 from rsfm_core.model import build_model, load_pretrained
+from rsfm_core.pretrained import sha256_file
 
 from .conftest import make_modality, micro_model
 
@@ -81,14 +82,21 @@ def test_save_load_round_trip_is_exact(tmp_path):
         "config.json",
         "model.safetensors",
     ]
-    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg = tmp_path / "ckpt" / "config.json"
+    meta = json.loads(cfg.read_text())
     assert meta["config"]["sensors"]["sentinel2_l2a"]["bands"][0]["mean"] > 0  # stats travel
-    loaded = load_pretrained(tmp_path / "ckpt")
-    assert loaded.config == model.config
-    a, b = model(batch), loaded(batch)
-    assert torch.equal(a.dense, b.dense) and torch.equal(a.pooled, b.pooled)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert meta["weights_sha256"] == sha256_file(tmp_path / "ckpt" / "model.safetensors")
+    a = model(batch)
+    for strip in (False, True):  # checkpoints written before weights_sha256 load too
+        if strip:
+            del meta["weights_sha256"]
+            cfg.write_text(json.dumps(meta))
+        loaded = load_pretrained(tmp_path / "ckpt")
+        assert loaded.config == model.config
+        b = loaded(batch)
+        assert torch.equal(a.dense, b.dense) and torch.equal(a.pooled, b.pooled)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, loaded.state_dict()[k]), k
 
 
 def test_fused_and_reference_attention_agree():
