@@ -18,6 +18,8 @@ SUBCOMMANDS = (
     ("rsfm_core.demo", "add_parser"),
     ("rsfm_core.embed_cli", "add_parser"),
     ("rsfm_train.prepare", "add_prepare_parser"),
+    ("rsfm_train.pretrain", "add_pretrain_parser"),
+    ("rsfm_train.export", "add_export_parser"),
 )
 
 

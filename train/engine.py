@@ -1,0 +1,560 @@
+"""The pretraining engine: student/teacher on DeepSpeed, one optimizer step at a time.
+
+Per micro-batch (:class:`~rsfm_train.views.ViewPair`): view 1 -> student (encoder +
+projection heads, through the DeepSpeed engine), view 2 -> EMA teacher (no grad); the
+projected features, token correspondence and validity fill a ``ContrastiveInputs``;
+``ContrastiveLoss`` gives the loss; ``engine.backward``; ``engine.step``. After each
+optimizer step the teacher takes one EMA step (:mod:`rsfm_train.teacher`).
+
+DeepSpeed owns the optimizer step, ZeRO 0-3, bf16, clipping, gradient accumulation and the
+warmup-cosine LR schedule, all from ``deepspeed_config(cfg, world_size)``. We add:
+
+- **NaN/inf guard.** Every rank ORs a flag from its loss and from tensor hooks on the
+  student's parameters (each micro-batch's local gradient, before DeepSpeed reduces it);
+  at the accumulation boundary the flags are all-reduced (one collective, with the step's
+  counters). If any rank saw a non-finite value, the step is skipped on every rank:
+  ``engine.step()`` still runs -- so DeepSpeed's micro/global step counters, gradient
+  zeroing and accumulation boundaries stay as in any other step -- but the client AdamW's
+  own ``step`` is gated off (:class:`StepGate`), so parameters and Adam moments are
+  untouched; the teacher's EMA step is skipped and the loss prototypes are restored to
+  their value before the step. The LR schedule does not advance, as with DeepSpeed's own
+  overflow skips (ZeRO 1/2 skip fp32 steps with a non-finite gradient norm by themselves;
+  elsewhere we step the scheduler back), and ``engine.skipped_steps`` counts the skip.
+  Skips are counted in our state and logged loudly; after ``run.max_nonfinite_skips`` in a
+  row the run stops with :class:`NonFiniteError`.
+- **Exact resume**: see :mod:`rsfm_train.checkpoint` (teacher, prototypes, RNG, data
+  position, counters next to DeepSpeed's files).
+- Metrics (:mod:`rsfm_train.metrics`).
+
+bf16: DeepSpeed casts the student's parameters to bf16; the forward runs under
+``torch.autocast(bf16)`` so that inputs in physical units (float32) and float32 buffers
+mix with bf16 weights; features are cast to float32 before the losses.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import dist
+from .checkpoint import TrainState, find_latest, load_checkpoint, save_checkpoint
+from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
+from .losses import ContrastiveInputs, ContrastiveLoss, LossTerms, ProjectionHeads
+from .metrics import FlopCounter, MetricsWriter, count_tokens, peak_flops
+from .teacher import EMATeacher
+
+log = logging.getLogger("rsfm_train")
+
+LOSS_TERMS = ("pixel", "object", "image", "cross_modal")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+# ------------------------------------------------------------------ process setup
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> None:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU).
+
+    Under ``torchrun`` or the ``deepspeed`` launcher the environment names the rank and the
+    rendezvous; a plain single process gets ``RANK=0 WORLD_SIZE=1`` and a free local port.
+    On a machine without CUDA DeepSpeed's CPU accelerator is selected, and its JIT-built
+    ops are cached in ``TORCH_EXTENSIONS_DIR`` (default: ``.torch_extensions`` in the
+    checkout).
+    """
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    repo = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".torch_extensions"))
+    if "RANK" not in os.environ:
+        for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    if not cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` also turns on deterministic
+    algorithms (process-wide: a training process owns its global torch state)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def git_revision(path: Path | None = None) -> dict[str, Any]:
+    """``{"commit": sha or "unknown", "dirty": bool | None}`` of the checkout at ``path``."""
+    cwd = str(path or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+    if sha.returncode != 0:
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def write_run_metadata(
+    run_dir: Path, cfg: PretrainConfig, ds_json: Mapping[str, Any], encoder: nn.Module
+) -> None:
+    """Resolved config (YAML), DeepSpeed JSON, git revision and the encoder's config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "ds_config.json").write_text(json.dumps(ds_json, indent=2), encoding="utf-8")
+    rev = {**git_revision(), "torch": torch.__version__}
+    try:
+        import deepspeed
+
+        rev["deepspeed"] = deepspeed.__version__
+    except ImportError:  # pragma: no cover - the engine needs it anyway
+        pass
+    (run_dir / "git.json").write_text(json.dumps(rev, indent=2), encoding="utf-8")
+    enc = {"format": "rsfm-encoder-config", "config": encoder.config.to_dict()}
+    (run_dir / "encoder_config.json").write_text(json.dumps(enc, indent=2), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ student module
+
+
+@dataclass
+class Projected:
+    """Projected (L2-normalised, float32) features of one view; names follow
+    ``EncoderOutput``. ``modal`` is empty for the teacher."""
+
+    dense: torch.Tensor  # (B, Dh, h, w)
+    pooled: torch.Tensor  # (B, Dh)
+    valid: torch.Tensor  # (B, h, w)
+    modal: dict[str, torch.Tensor]  # name -> (B, Dh, h, w)
+    modal_valid: dict[str, torch.Tensor]  # name -> (B, h, w)
+
+
+class PretrainModule(nn.Module):
+    """Encoder + projection heads: what DeepSpeed trains (and the teacher copies)."""
+
+    def __init__(self, encoder: nn.Module, heads: ProjectionHeads, bf16: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.bf16 = bf16
+
+    def forward(self, view: Mapping[str, Any], with_modal: bool = True) -> Projected:
+        dev = next(iter(view.values())).pixels.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.encoder(view)
+            dense = self.heads.dense.dense(out.dense)  # (B, Dh, h, w)
+            pooled = self.heads.pooled(out.pooled)  # (B, Dh)
+            modal = (
+                {n: self.heads.modal.dense(f) for n, f in out.modalities.items()}
+                if with_modal
+                else {}
+            )
+        return Projected(
+            dense=dense.float(),
+            pooled=pooled.float(),
+            valid=out.valid,
+            modal={n: f.float() for n, f in modal.items()},
+            modal_valid=dict(out.modality_valid) if with_modal else {},
+        )
+
+
+_NO_DECAY_NAMES = ("modality_embed", "group_embed", "pos_embed", "fusion_token", "cls_token")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on norms, biases and embeddings (1-D tensors and
+    ``*_embed`` / token tables), weight decay on every other matrix."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(k in name for k in _NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class StepGate:
+    """Lets the NaN guard skip the client optimizer's update while DeepSpeed's ``step``
+    runs as usual. Wraps ``optimizer.step`` on the instance: DeepSpeed accepts only the
+    exact ``torch.optim.AdamW`` type for ZeRO, so a subclass is not an option."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.skip = False
+        inner = optimizer.step
+
+        @functools.wraps(inner)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if self.skip:
+                return None
+            return inner(*args, **kwargs)
+
+        optimizer.step = step  # type: ignore[method-assign]
+
+
+def complete_view(
+    view: Mapping[str, Any], names: Sequence[str], encoder: nn.Module
+) -> dict[str, Any]:
+    """``view`` with an all-invalid stand-in for each of ``names`` it lacks.
+
+    ZeRO-3 gathers a module's parameters each time the module runs, so every rank must run
+    the same modules the same number of times. Modality dropout differs between ranks
+    (patch embedding and the cross-modal head run once per modality present), so under
+    ZeRO-3 the student always sees every modality; a dropped one is all-invalid, which the
+    encoder treats exactly like an absent one (its frames are skipped and masked, and its
+    tokens are invalid for the losses)."""
+    from rsfm_core.data import ModalityData
+
+    missing = [n for n in names if n not in view]
+    if not missing:
+        return dict(view)
+    mods = encoder.config.modalities
+    ref_name, ref = next(iter(view.items()))
+    B, T, _, H, W = ref.pixels.shape
+    h, w = H // mods[ref_name].patch, W // mods[ref_name].patch  # the shared token grid
+    out = dict(view)
+    for n in missing:
+        m = mods[n]
+        bands = encoder.config.sensor(m.sensor).band_names
+        shape = (B, T, len(bands), h * m.patch, w * m.patch)
+        out[n] = ModalityData(
+            pixels=ref.pixels.new_zeros(shape),
+            valid=ref.valid.new_zeros((B, T, h * m.patch, w * m.patch)),
+            dates=ref.dates.clone(),
+            sensor=m.sensor,
+            bands=bands,
+        )
+    return out
+
+
+def _valid_at(valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``valid (B, h, w)`` at flat token positions ``index (B, P)``; out of range: False."""
+    flat = valid.reshape(valid.shape[0], -1)  # (B, h*w)
+    inside = (index >= 0) & (index < flat.shape[1])
+    return flat.gather(1, index.clamp(0, flat.shape[1] - 1)) & inside
+
+
+def contrastive_inputs(
+    s: Projected, t: Projected, pair: Any, modalities: Sequence[str]
+) -> ContrastiveInputs:
+    """The loss inputs of one micro-batch: pairs count only where both tokens are valid."""
+    pair_valid = (
+        pair.pair_valid.bool() & _valid_at(s.valid, pair.index1) & _valid_at(t.valid, pair.index2)
+    )
+    return ContrastiveInputs(
+        student_dense=s.dense,
+        teacher_dense=t.dense,
+        student_index=pair.index1,
+        teacher_index=pair.index2,
+        pair_valid=pair_valid,
+        student_pooled=s.pooled,
+        teacher_pooled=t.pooled,
+        pooled_valid=s.valid.flatten(1).any(1) & t.valid.flatten(1).any(1),
+        modal_features=s.modal,
+        modal_valid=s.modal_valid,
+        modalities=list(modalities),
+    )
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    """Builds the student, teacher, loss and DeepSpeed engine for ``cfg``; runs steps,
+    saves and resumes checkpoints. Needs an initialised process group
+    (:func:`init_distributed`; called here if missing).
+
+    Test hooks (None in training): ``fault_hook(step, inputs) -> inputs`` may corrupt a
+    micro-batch's loss inputs; ``before_commit(tmp_dir)`` runs inside every checkpoint
+    save after all files are written and before ``COMPLETE``.
+    """
+
+    def __init__(
+        self, cfg: PretrainConfig, run_dir: str | Path | None = None, progress: bool = True
+    ):
+        import deepspeed
+
+        from rsfm_core.model import build_model
+
+        init_distributed()
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.run.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.progress = progress
+        self.fault_hook: Callable[[int, ContrastiveInputs], ContrastiveInputs] | None = None
+        self.before_commit: Callable[[Path], None] | None = None
+        seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
+        encoder = build_model(cfg.model.name, **cfg.model.overrides)
+        student = PretrainModule(
+            encoder, ProjectionHeads(encoder.embed_dim, cfg.loss), cfg.deepspeed.bf16
+        )
+        self.teacher = EMATeacher(student)
+        self.loss_fn = ContrastiveLoss(cfg.loss, dim=cfg.loss.head_dim)
+        o = cfg.optim
+        opt = torch.optim.AdamW(
+            param_groups(student, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
+        )
+        self.gate = StepGate(opt)
+        self.ds_config = deepspeed_config(cfg, self.world)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=student, optimizer=opt, config=self.ds_config
+        )
+        self.device = self.engine.device
+        self.teacher.to(self.device)
+        self.loss_fn.to(self.device).train()
+        self.flops = FlopCounter(encoder)
+        self.peak = peak_flops(self.device, cfg.deepspeed.bf16)
+        self.state = TrainState()
+        self._bad = torch.zeros((), device=self.device)
+        self._hooks = [p.register_hook(self._grad_hook) for p in self.engine.module.parameters()]
+        seed_everything(cfg.run.seed + 1000 * self.rank)  # per-rank streams from here on
+        if self.rank == 0:
+            write_run_metadata(self.run_dir, cfg, self.ds_config, encoder)
+        n = sum(p.numel() for p in student.parameters())
+        log.info("student: %s + heads, %.2fM parameters, ZeRO %d, %s, %d rank(s)", cfg.model.name,
+                 n / 1e6, cfg.deepspeed.zero_stage, "bf16" if cfg.deepspeed.bf16 else "fp32", self.world)  # fmt: skip
+
+    # -------------------------------------------------------------- one step
+    @property
+    def student(self) -> PretrainModule:
+        return self.engine.module
+
+    def _grad_hook(self, g: torch.Tensor) -> None:
+        self._bad.add_((~torch.isfinite(g)).any().to(self._bad.dtype))
+
+    def _micro_step(self, pair: Any) -> tuple[LossTerms, int, float]:
+        pair = pair.to(self.device)
+        view1 = pair.view1
+        if self.engine.zero_optimization_stage() == 3:
+            view1 = complete_view(view1, self.cfg.data.modalities, self.student.encoder)
+        s = self.engine(view1, with_modal=True)
+        t = self.teacher(pair.view2, with_modal=False)
+        inputs = contrastive_inputs(s, t, pair, self.cfg.data.modalities)
+        if self.fault_hook is not None:
+            inputs = self.fault_hook(self.state.step, inputs)
+        terms = self.loss_fn(inputs)
+        self._bad.add_((~torch.isfinite(terms.total.detach())).to(self._bad.dtype))
+        self.engine.backward(terms.total)
+        tokens = count_tokens(pair.view1, self.student.encoder)
+        flops = self.flops.train_flops(pair.view1, pair.view2) * pair.batch_size
+        return terms, tokens, flops
+
+    def _local_grad_norm(self) -> float | None:
+        """Pre-clip global grad norm where DeepSpeed does not report one (ZeRO-0, fp32:
+        the client optimizer holds the all-reduced gradients)."""
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+
+    def train_step(self, pairs: Sequence[Any]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
+        gas = self.cfg.deepspeed.grad_accum
+        if len(pairs) != gas:
+            raise ValueError(
+                f"train_step needs deepspeed.grad_accum={gas} micro-batches, got {len(pairs)}"
+            )
+        protos = self.loss_fn.prototypes.weight.detach().clone()
+        self._bad.zero_()
+        # [non-finite, samples, tokens, model FLOPs, loss, each term's sum, each term's count]
+        vec = torch.zeros(5 + 2 * len(LOSS_TERMS), dtype=torch.float64)
+        lr, grad_norm = float(self.engine.get_lr()[0]), None
+        for i, pair in enumerate(pairs):
+            terms, tokens, flops = self._micro_step(pair)
+            vec[1:5] += torch.tensor([pair.batch_size, tokens, flops, float(terms.total.detach())])
+            for j, name in enumerate(LOSS_TERMS):
+                v = getattr(terms, name)
+                if v is not None:
+                    vec[5 + j] += float(v)
+                    vec[5 + len(LOSS_TERMS) + j] += 1
+            if i == gas - 1:  # the accumulation boundary: decide the skip on every rank
+                vec[0] = float(self._bad > 0)  # ranks that saw a non-finite value
+                vec = dist.all_reduce_sum(vec.to(self.device)).cpu()
+                self.gate.skip = skip = bool(vec[0] > 0)
+                if (
+                    not skip
+                    and self.engine.zero_optimization_stage() == 0
+                    and not self.cfg.deepspeed.bf16
+                ):
+                    grad_norm = self._local_grad_norm()
+            skipped_before = self.engine.skipped_steps
+            self.engine.step()
+        self.gate.skip = False
+        if skip and self.engine.skipped_steps == skipped_before:
+            self._unstep_scheduler()
+        if grad_norm is None:
+            g = self.engine.get_global_grad_norm()
+            grad_norm = float(g) if g is not None else float("nan")
+        return self._finish_step(vec, skip, protos, lr, grad_norm)
+
+    def _unstep_scheduler(self) -> None:
+        """Undo the LR scheduler's advance of a step our guard skipped. DeepSpeed's own
+        overflow skips (ZeRO 1/2 with an invalid fp32 gradient norm) leave the schedule
+        where it was; this makes every stage and precision behave the same way."""
+        sched = self.engine.lr_scheduler
+        if sched is not None and hasattr(sched, "last_batch_iteration"):
+            sched.step(sched.last_batch_iteration - 1)
+        self.engine.skipped_steps += 1
+
+    def _finish_step(
+        self, vec: torch.Tensor, skip: bool, protos: torch.Tensor, lr: float, grad_norm: float
+    ) -> dict[str, float]:
+        cfg, st = self.cfg, self.state
+        if skip:
+            self.loss_fn.prototypes.weight.copy_(protos)
+            st.nonfinite_total += 1
+            st.nonfinite_consecutive += 1
+            if self.rank == 0:
+                log.error("NON-FINITE loss or gradient at step %d on %d rank(s): step skipped "
+                          "(%d in a row, %d in total)", st.step, int(vec[0]),
+                          st.nonfinite_consecutive, st.nonfinite_total)  # fmt: skip
+        else:
+            st.nonfinite_consecutive = 0
+            self.teacher.update(
+                self.student, cfg.teacher.momentum_at(st.step, cfg.optim.total_steps)
+            )
+        samples, tokens, flops = (float(x) for x in vec[1:4])
+        k = len(LOSS_TERMS)
+        rec: dict[str, float] = {"loss": float(vec[4]) / (self.world * cfg.deepspeed.grad_accum)}
+        for j, name in enumerate(LOSS_TERMS):
+            if vec[5 + k + j] > 0:  # the term ran (the same decision on every rank)
+                rec[f"loss_{name}"] = float(vec[5 + j] / vec[5 + k + j])
+        rec.update(lr=lr, grad_norm=grad_norm, skipped=float(skip), samples=samples,
+                   tokens=tokens, model_flops=flops)  # fmt: skip
+        st.step += 1
+        st.samples += int(samples)
+        st.tokens += int(tokens)
+        if st.nonfinite_consecutive >= max(1, cfg.run.max_nonfinite_skips):
+            raise NonFiniteError(
+                f"{st.nonfinite_consecutive} optimizer steps in a row (up to step {st.step}) had a "
+                "non-finite loss or gradient (run.max_nonfinite_skips="
+                f"{cfg.run.max_nonfinite_skips}). Lower optim.lr, check the data for NaN/inf "
+                "values that reach the loss, or resume from an earlier checkpoint"
+            )
+        return rec
+
+    # -------------------------------------------------------------- loop
+    def fit(self, loader: Iterable[Any], max_steps: int | None = None) -> TrainState:
+        """Train until ``max_steps`` (default ``optim.total_steps``) optimizer steps, saving
+        every ``run.ckpt_every`` steps and at the end. ``loader`` yields ViewPairs and has
+        ``state()`` (the data position saved in checkpoints)."""
+        cfg = self.cfg
+        target = cfg.optim.total_steps if max_steps is None else max_steps
+        writer = MetricsWriter(self.run_dir, self.rank, target, cfg.run.log_every,
+                               self.state.step, self.progress)  # fmt: skip
+        it = iter(loader)
+        last_saved = self.state.step
+        try:
+            while self.state.step < target:
+                t0 = time.perf_counter()
+                pairs = [next(it) for _ in range(cfg.deepspeed.grad_accum)]
+                t1 = time.perf_counter()
+                rec = self.train_step(pairs)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                writer.write(
+                    self.state.step, self._throughput(rec, t1 - t0, time.perf_counter() - t1)
+                )
+                if cfg.run.ckpt_every > 0 and self.state.step % cfg.run.ckpt_every == 0:
+                    self.save(loader.state())
+                    last_saved = self.state.step
+        finally:
+            writer.close()
+        if last_saved != self.state.step:
+            self.save(loader.state())
+        return self.state
+
+    def _throughput(
+        self, rec: dict[str, float], data_s: float, compute_s: float
+    ) -> dict[str, float]:
+        dt = max(data_s + compute_s, 1e-9)
+        out = dict(rec)
+        out.update(samples_per_s=rec["samples"] / dt, tokens_per_s=rec["tokens"] / dt,
+                   data_wait_s=data_s, compute_s=compute_s, data_wait_frac=data_s / dt,
+                   step_time_s=dt)  # fmt: skip
+        if self.peak is not None:
+            out["mfu"] = rec["model_flops"] / (dt * self.world * self.peak)
+        return out
+
+    # -------------------------------------------------------------- checkpoints
+    def save(self, data_position: Any) -> Path:
+        """A complete checkpoint of the current step (collective)."""
+        return save_checkpoint(
+            self.engine, self.ckpt_dir, self.state, self.teacher.module, self.loss_fn,
+            data_position, keep=self.cfg.run.keep_ckpts, before_commit=self.before_commit,
+        )  # fmt: skip
+
+    def load(self, ckpt: str | Path | None = None) -> Any:
+        """Resume from ``ckpt`` (default: the newest complete checkpoint of this run);
+        returns this rank's data position (None when there is nothing to resume)."""
+        path = Path(ckpt) if ckpt is not None else find_latest(self.ckpt_dir)
+        if path is None:
+            return None
+        self.state, position = load_checkpoint(self.engine, path, self.teacher.module, self.loss_fn)
+        return position
+
+    def close(self) -> None:
+        """Remove hooks and release the engine (tests build several in one process)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        destroy = getattr(self.engine, "destroy", None)
+        if destroy is not None:
+            destroy()
+
+
+__all__ = [
+    "NonFiniteError",
+    "PretrainModule",
+    "Projected",
+    "StepGate",
+    "Trainer",
+    "config_to_dict",
+    "contrastive_inputs",
+    "init_distributed",
+    "param_groups",
+    "seed_everything",
+]

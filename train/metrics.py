@@ -1,0 +1,194 @@
+"""Training metrics: throughput, model FLOPs utilisation and where they are written.
+
+Per optimizer step the engine logs each loss term, the learning rate, the gradient norm,
+samples/s and tokens/s (global: all ranks), MFU, and the split of wall time between
+waiting for data and computing. :class:`MetricsWriter` sends them to
+
+- ``metrics.jsonl`` in the run folder (one JSON object per step; rank 0),
+- TensorBoard (``tensorboard/`` in the run folder) when the package is installed; when it
+  is not, that is logged once and nothing else happens,
+- a tqdm progress bar on rank 0 (stdout) and a ``logging`` line every ``log_every`` steps.
+
+MFU = achieved model FLOP/s / peak FLOP/s of the device, where the model FLOPs of one
+sample are ``3 * F(view 1) + F(view 2)``: forward + backward (2x forward) of the student,
+forward of the teacher, ``F`` from ``rsfm_core.model.model_stats`` (encoder matmuls only;
+projection heads and losses are left out, so MFU is slightly understated). The peak comes
+from :data:`PEAK_FLOPS` (dense, no sparsity) by device name; on an unknown device (any
+CPU) MFU is omitted rather than guessed.
+
+Tokens are the spatial encoder's patch tokens of view 1 (``T * G * h * w`` summed over
+the modalities present), i.e. what the student's ViT processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("rsfm_train")
+
+# Dense peak FLOP/s from NVIDIA's data sheets: (substring of the device name, bf16, tf32).
+# Order matters: the first match wins ("H100 PCIe" before "H100").
+PEAK_FLOPS: list[tuple[str, float, float]] = [
+    ("H100 PCIe", 756e12, 378e12),
+    ("H100 NVL", 835e12, 418e12),
+    ("H100", 989e12, 494e12),  # SXM
+    ("H200", 989e12, 494e12),
+    ("GH200", 989e12, 494e12),
+    ("A100", 312e12, 156e12),
+    ("L40S", 362e12, 183e12),
+    ("A10G", 70e12, 35e12),
+]
+
+
+def peak_flops(device: torch.device | str, bf16: bool) -> float | None:
+    """Peak dense FLOP/s of ``device`` for bf16 (else TF32) matmuls, or None if unknown."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, p_bf16, p_tf32 in PEAK_FLOPS:
+        if key in name:
+            return p_bf16 if bf16 else p_tf32
+    return None
+
+
+def view_shapes(view: Mapping[str, Any]) -> dict[str, tuple[int, int, int, int]]:
+    """``{modality: (T, C, H, W)}`` of one sample of a batched view (for model_stats)."""
+    return {n: tuple(int(s) for s in d.pixels.shape[1:]) for n, d in view.items()}
+
+
+class FlopCounter:
+    """Model FLOPs per sample of (view 1, view 2) shapes, cached per shape."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        self.encoder = encoder
+        self._cache: dict[tuple, float] = {}
+
+    def forward_flops(self, shapes: Mapping[str, tuple[int, int, int, int]]) -> float:
+        key = tuple(sorted(shapes.items()))
+        if key not in self._cache:
+            from rsfm_core.model import model_stats
+
+            try:
+                self._cache[key] = float(
+                    model_stats(self.encoder, dict(shapes))["flops_per_sample"]
+                )
+            except ValueError as e:  # shapes model_stats cannot count: MFU becomes NaN
+                log.warning("cannot count model FLOPs for %s: %s", dict(shapes), e)
+                self._cache[key] = math.nan
+        return self._cache[key]
+
+    def train_flops(self, view1: Mapping[str, Any], view2: Mapping[str, Any]) -> float:
+        """FLOPs of one sample: student forward + backward on view 1, teacher forward on 2."""
+        return 3 * self.forward_flops(view_shapes(view1)) + self.forward_flops(view_shapes(view2))
+
+
+def count_tokens(view: Mapping[str, Any], encoder: torch.nn.Module) -> int:
+    """Patch tokens of a batched view: ``B * T * G * (H / p) * (W / p)`` over modalities."""
+    mods = encoder.config.modalities
+    total = 0
+    for name, d in view.items():
+        B, T, _, H, W = d.pixels.shape
+        m = mods[name]
+        total += B * T * m.groups * (H // m.patch) * (W // m.patch)
+    return int(total)
+
+
+class MetricsWriter:
+    """Writes one record per step to JSONL, TensorBoard (if installed) and the console.
+
+    Only rank 0 writes; other ranks get a writer that does nothing.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        rank: int,
+        total_steps: int,
+        log_every: int = 10,
+        start_step: int = 0,
+        progress: bool = True,
+    ):
+        self.enabled = rank == 0
+        self.log_every = max(1, log_every)
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._bar = None
+        if not self.enabled:
+            return
+        self._tb = _tensorboard(Path(run_dir) / "tensorboard")
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc="pretrain", unit="step",
+                file=sys.stdout, dynamic_ncols=True, leave=True,
+            )  # fmt: skip
+
+    def write(self, step: int, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        rec = {"step": step, **{k: _plain(v) for k, v in record.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(f"train/{k}", v, step)
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(
+                loss=f"{rec.get('loss', math.nan):.4f}", lr=f"{rec.get('lr', 0):.2e}",
+                sps=f"{rec.get('samples_per_s', 0):.1f}", refresh=False,
+            )  # fmt: skip
+        if step % self.log_every == 0:
+            log.info("step %d %s", step, format_record(rec))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def format_record(rec: Mapping[str, Any]) -> str:
+    keys = ("loss", "loss_pixel", "loss_object", "loss_image", "loss_cross_modal", "lr",
+            "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "data_wait_frac")  # fmt: skip
+    parts = []
+    for k in keys:
+        v = rec.get(k)
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+    return " ".join(parts)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().cpu()) if v.numel() == 1 else v.tolist()
+    return v
+
+
+_TB_MISSING_LOGGED = False
+
+
+def _tensorboard(log_dir: Path):
+    """A SummaryWriter, or None (logged once) when tensorboard is not installed."""
+    global _TB_MISSING_LOGGED
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's module raises this when the tensorboard package is absent
+        if not _TB_MISSING_LOGGED:
+            log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+            _TB_MISSING_LOGGED = True
+        return None
+    return SummaryWriter(str(log_dir))

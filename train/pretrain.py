@@ -1,0 +1,147 @@
+"""``rsfm pretrain``: load the config, set up the process group, train, checkpoint.
+
+One process::
+
+    rsfm pretrain --config tiny_cpu run.out_dir=runs/demo optim.total_steps=50
+
+Many processes: the same command under ``torchrun`` or the ``deepspeed`` launcher (see
+docs/training.md); every rank runs this code, rank 0 writes the run folder's metadata,
+metrics and the shared checkpoint files. ``python -m rsfm_train.pretrain`` is the same
+command without the ``rsfm`` entry point.
+
+Resume: ``--resume`` (= ``run.resume=auto``) continues from the newest complete checkpoint
+of ``run.out_dir``; ``--resume-from PATH`` (= ``run.resume=PATH``) from that folder.
+Without it, a run folder that already holds checkpoints is refused rather than mixed
+with a new run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rsfm_train")
+
+
+def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from for ``run.resume`` (``no``/``auto``/a path).
+
+    ``auto`` with no checkpoint yet starts fresh; ``no`` with checkpoints present raises.
+    """
+    from .checkpoint import CheckpointError, find_latest
+
+    latest = find_latest(ckpt_dir)
+    if resume == "no":
+        if latest is not None:
+            raise CheckpointError(
+                f"{ckpt_dir} already holds checkpoints (newest: {latest.name}). Pass --resume "
+                "(run.resume=auto) to continue that run, or choose another run.out_dir"
+            )
+        return None
+    if resume == "auto":
+        if latest is None:
+            log.info("run.resume=auto: no complete checkpoint in %s, starting fresh", ckpt_dir)
+        return latest
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"run.resume={resume!r}: no such checkpoint folder")
+    return path
+
+
+def run_pretrain(
+    cfg: Any, max_steps: int | None = None, progress: bool = True, loader_factory: Any = None
+) -> Any:
+    """Train ``cfg`` (a ``PretrainConfig``) to ``optim.total_steps`` (or ``max_steps``);
+    returns the final ``TrainState``. ``loader_factory``: ``make_loader``'s signature
+    (default: :func:`rsfm_train.data.make_loader`)."""
+    from .engine import Trainer, init_distributed
+
+    init_distributed()
+    ckpt = resolve_resume(cfg.run.resume, Path(cfg.run.out_dir) / "checkpoints")
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        position = trainer.load(ckpt) if ckpt is not None else None
+        if loader_factory is None:
+            from .data import make_loader as loader_factory
+        loader = loader_factory(cfg, trainer.rank, trainer.world, cfg.run.seed, start=position)
+        return trainer.fit(loader, max_steps=max_steps)
+    finally:
+        trainer.close()
+
+
+# ------------------------------------------------------------------------------ CLI
+
+_EXAMPLE = """examples:
+  rsfm pretrain --config tiny_cpu                       # packaged config, one CPU process
+  rsfm pretrain --config train/configs/small_gpu.yaml optim.lr=3e-4 run.out_dir=runs/s1
+  rsfm pretrain --config tiny_cpu --resume              # continue from the newest checkpoint
+  torchrun --nproc_per_node 8 -m rsfm_train.pretrain --config small_gpu deepspeed.zero_stage=2
+  deepspeed --no_local_rank --hostfile hosts --module rsfm_core.cli pretrain --config base_multinode
+Overrides are dotted section.key=value pairs (values parsed as YAML); see docs/training.md."""
+
+
+def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``rsfm pretrain`` on the ``rsfm`` command's subparsers."""
+    p = subparsers.add_parser(
+        "pretrain",
+        help="self-supervised pretraining on DeepSpeed (CPU, one GPU, many nodes)",
+        description="Multi-granularity contrastive pretraining (student/EMA teacher) on "
+        "DeepSpeed. Writes config.yaml, ds_config.json, git.json, metrics.jsonl and "
+        "checkpoints/ into run.out_dir.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", required=True, help="YAML file or packaged name (tiny_cpu, small_gpu, ...)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint of run.out_dir (run.resume=auto)",
+    )
+    p.add_argument("--resume-from", default=None, metavar="CKPT",
+                   help="continue from this checkpoint folder (run.resume=CKPT)")  # fmt: skip
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many optimizer steps (default: optim.total_steps)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4"
+    )
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides = list(args.overrides)
+    if args.resume or args.resume_from:
+        overrides.append(f"run.resume={args.resume_from or 'auto'}")
+    cfg = load_config(args.config, overrides)
+    state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
+    print(f"done: step {state.step}, {state.samples} samples, {state.nonfinite_total} skipped "
+          f"step(s); run folder {cfg.run.out_dir}")  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rsfm_train.pretrain")
+    sub = parser.add_subparsers(dest="cmd")
+    add_pretrain_parser(sub).prog = "python -m rsfm_train.pretrain"
+    args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
