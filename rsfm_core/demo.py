@@ -1,18 +1,24 @@
 """``rsfm demo``: the end-to-end demo on an embedded default (a synthetic scene).
 
-Today: environment report -> synthetic S2 + S1 scene written as GeoTIFFs -> read back
-through the GeoTIFF reader, printing what it sees. Later stages (short CPU pretraining,
-export, embedding, probe) are added by their issues.
+Stages: environment report -> synthetic S2 + S1 scene written as GeoTIFFs -> what the
+reader sees -> short CPU pretraining of rsfm_tiny (`rsfm pretrain --config tiny_cpu`) ->
+export (config.json + model.safetensors) -> embeddings of the scene (COG, GeoParquet,
+npz) -> frozen linear probe and S1->S2 retrieval, trained vs random init.
+
+Decision: training, export and evaluation run as subprocesses of the `rsfm` command, so
+rsfm_core never imports rsfm_train or DeepSpeed (the inference side stays training-free).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 EXAMPLE = """example:
   rsfm demo --out demo_out          # what `bash scripts/demo.sh` runs
-  rsfm demo --out /tmp/d --size 128 --seed 3"""
+  rsfm demo --out /tmp/d --size 128 --seed 3 --pretrain-steps 300"""
 
 
 def add_parser(sub) -> None:
@@ -28,6 +34,12 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=64, help="scene pixels per side (default 64)")
     p.add_argument("--dates", type=int, default=4, help="dates per sensor (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=150,
+        help="optimizer steps of the CPU pretraining (default 150; 0 stops after reading)",
+    )
     p.set_defaults(func=run)
 
 
@@ -66,4 +78,44 @@ def run(args: argparse.Namespace) -> int:
                 f"  {band:>4}: median {v.median().item():8.4f}  range [{v.min().item():.4f}, "
                 f"{v.max().item():.4f}]"
             )
+    if args.pretrain_steps <= 0:
+        return 0
+    return _train_embed_probe(args, out, manifest)
+
+
+def _rsfm(*argv: str) -> None:
+    """Run one `rsfm` subcommand in a child process; its failure stops the demo."""
+    print("$ rsfm " + " ".join(argv), flush=True)
+    subprocess.run([sys.executable, "-m", "rsfm_core.cli", *argv], check=True)
+
+
+def _train_embed_probe(args: argparse.Namespace, out: Path, manifest: dict) -> int:
+    from rsfm_core.inference import Embedder, RasterInput
+
+    run_dir, model_dir = out / "pretrain", out / "model"
+    steps = args.pretrain_steps
+    print(f"\n== pretraining rsfm_tiny on synthetic scenes ({steps} steps, CPU) ==")
+    _rsfm("pretrain", "--config", "tiny_cpu", "--no-progress", f"run.out_dir={run_dir}",
+          f"optim.total_steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+          f"run.ckpt_every={steps}", "run.resume=auto")  # fmt: skip
+    print("\n== export ==")
+    _rsfm("export", str(run_dir), str(model_dir))
+
+    print("\n== embeddings of the demo scene ==")
+    emb = Embedder.from_pretrained(model_dir)
+    files = {s: manifest["sensors"][s]["files"] for s in ("sentinel2_l2a", "sentinel1_grd")}
+    inputs = {
+        "s2": RasterInput("sentinel2_l2a", files["sentinel2_l2a"]),
+        "s1": RasterInput("sentinel1_grd", files["sentinel1_grd"]),
+    }
+    res = emb.embed_rasters(inputs, out=out / "embeddings.tif", parquet=out / "chips.parquet",
+                            npz=out / "embeddings.npz", tile=64, overlap=16, progress=False)  # fmt: skip
+    print(res.summary())
+    for f in ("embeddings.tif", "chips.parquet", "embeddings.npz"):
+        print(f"  wrote {out / f}")
+
+    print("\n== frozen-encoder probe on held-out synthetic scenes: trained vs random init ==")
+    subprocess.run([sys.executable, "-m", "rsfm_train.evaluate", str(model_dir),
+                    "--random-baseline", "--scenes", "6"], check=True)  # fmt: skip
+    print(f"\ndemo outputs are in {out}")
     return 0
