@@ -363,7 +363,8 @@ class Trainer:
         return self.engine.module
 
     def _grad_hook(self, g: torch.Tensor) -> None:
-        self._bad.add_((~torch.isfinite(g)).any().to(self._bad.dtype))
+        # NaN and inf survive a sum, which reads g once (no bool tensor of g's size)
+        self._bad.add_((~torch.isfinite(g.sum())).to(self._bad.dtype))
 
     def _micro_step(self, pair: Any) -> tuple[LossTerms, int, float]:
         pair = pair.to(self.device)
@@ -376,7 +377,7 @@ class Trainer:
         if self.fault_hook is not None:
             inputs = self.fault_hook(self.state.step, inputs)
         terms = self.loss_fn(inputs)
-        self._bad.add_((~torch.isfinite(terms.total.detach())).to(self._bad.dtype))
+        self._bad.add_((~torch.isfinite(terms.total.detach())).to(self._bad.dtype))  # no sync
         self.engine.backward(terms.total)
         tokens = count_tokens(pair.view1, self.student.encoder)
         flops = self.flops.train_flops(pair.view1, pair.view2) * pair.batch_size
@@ -399,20 +400,23 @@ class Trainer:
             )
         protos = self.loss_fn.prototypes.weight.detach().clone()
         self._bad.zero_()
-        # [non-finite, samples, tokens, model FLOPs, loss, each term's sum, each term's count]
-        vec = torch.zeros(5 + 2 * len(LOSS_TERMS), dtype=torch.float64)
+        k = len(LOSS_TERMS)
+        # [non-finite ranks, samples, tokens, model FLOPs, loss, term sums, term counts];
+        # kept on the device so that the step synchronises with the host once
+        vec = torch.zeros(5 + 2 * k, dtype=torch.float64, device=self.device)
         lr, grad_norm = float(self.engine.get_lr()[0]), None
         for i, pair in enumerate(pairs):
             terms, tokens, flops = self._micro_step(pair)
-            vec[1:5] += torch.tensor([pair.batch_size, tokens, flops, float(terms.total.detach())])
+            vec[1:4] += torch.tensor([pair.batch_size, tokens, flops], dtype=torch.float64).to(vec)
+            vec[4] += terms.total.detach().double()
             for j, name in enumerate(LOSS_TERMS):
                 v = getattr(terms, name)
                 if v is not None:
-                    vec[5 + j] += float(v)
-                    vec[5 + len(LOSS_TERMS) + j] += 1
+                    vec[5 + j] += v.double()
+                    vec[5 + k + j] += 1
             if i == gas - 1:  # the accumulation boundary: decide the skip on every rank
-                vec[0] = float(self._bad > 0)  # ranks that saw a non-finite value
-                vec = dist.all_reduce_sum(vec.to(self.device)).cpu()
+                vec[0] = (self._bad > 0).double()  # 1 on a rank that saw a non-finite value
+                vec = dist.all_reduce_sum(vec).cpu()
                 self.gate.skip = skip = bool(vec[0] > 0)
                 if (
                     not skip
@@ -490,7 +494,11 @@ class Trainer:
         try:
             while self.state.step < target:
                 t0 = time.perf_counter()
-                pairs = [next(it) for _ in range(cfg.deepspeed.grad_accum)]
+                try:
+                    pairs = [next(it) for _ in range(cfg.deepspeed.grad_accum)]
+                except StopIteration:  # a finite loader (e.g. make_loader(epochs=...))
+                    log.warning("the data ran out at step %d of %d", self.state.step, target)
+                    break
                 t1 = time.perf_counter()
                 rec = self.train_step(pairs)
                 if self.device.type == "cuda":

@@ -13,21 +13,45 @@ from pathlib import Path
 
 import pytest
 
+from .engine_common import micro_overrides, read_metrics
+
 WORKER = Path(__file__).with_name("engine_dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _torchrun(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("engine_dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
-    env.pop("RANK", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), str(root)]  # fmt: skip
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    _torchrun(str(WORKER), str(root))
     return json.loads((root / "report.json").read_text())
+
+
+def test_engine_dist_pretrain_command(tmp_path):
+    """The documented launch: torchrun -m rsfm_train.pretrain, 2 CPU processes, ZeRO 2."""
+    run = tmp_path / "run"
+    over = micro_overrides(run, 2, optim__total_steps=2, run__ckpt_every=1, run__keep_ckpts=1)
+    _torchrun("-m", "rsfm_train.pretrain", "--config", "tiny_cpu", "--no-progress", *over)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    ckpt = run / "checkpoints" / "step_00000002"
+    assert (ckpt / "COMPLETE").is_file() and (ckpt / "rsfm_rank_00001.safetensors").is_file()
 
 
 def _same(a: list[float], b: list[float]) -> bool:
