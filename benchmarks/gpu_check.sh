@@ -23,4 +23,9 @@ step() {  # step NAME SECONDS CMD...
 }
 step gpu_tests 180 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x
 step attention_bench 240 python3 -m benchmarks.attention --json "$OUT/attention.json"
+# Not on the GPU image, so not run here yet: benchmarks.train_throughput needs DeepSpeed
+# (+ webdataset) and benchmarks.embed needs rasterio/pyarrow/shapely. Carry their wheels
+# into .whl (see the device tool's README) and add:
+#   step train_bench 300 python3 -m benchmarks.train_throughput --json "$OUT/train.json"
+#   step embed_bench 300 python3 -m benchmarks.embed --models rsfm_tiny,rsfm_base --device cuda
 ls -la "$OUT"
