@@ -107,7 +107,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     want = _run(_projector(), xa, xb, valid, maps, mvalid_single, tokens, assign)
 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert all(r["world"] == WORLD for r in ranks)
 
     def mean(key):
