@@ -15,7 +15,8 @@ sample) over the dense bf16 (or TF32) peak of the device from
 ``rsfm_train.metrics.PEAK_FLOPS``; on a CPU it is omitted. Tokens are view-1 patch tokens.
 
 On a CPU DeepSpeed runs with its CPU accelerator and gloo; ZeRO buckets are capped at
-1e6 elements there (DeepSpeed's 5e8 defaults are allocated and zero-filled every step).
+1e6 elements there (DeepSpeed's 5e8 defaults are allocated and zero-filled every step) and
+``overlap_comm`` is off (on a CPU it slows every op of the step several-fold).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from . import _common as C
 
 CPU_BUCKETS = (
     "{zero_optimization: {reduce_bucket_size: 1000000, allgather_bucket_size: 1000000,"
-    " stage3_prefetch_bucket_size: 1000000}}"
+    " stage3_prefetch_bucket_size: 1000000, overlap_comm: false}}"
 )
 
 

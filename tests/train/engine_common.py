@@ -14,11 +14,13 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 MICRO_MODEL = "{dim: 32, depth: 2, heads: 2, fusion_depth: 2, hyper_dim: 16}"
-# DeepSpeed's default 5e8-element ZeRO buckets are allocated and zero-filled every step:
-# seconds on a CPU for a 0.1M-parameter model. Small buckets keep ZeRO 1-3 fast.
+# On a CPU, DeepSpeed's default 5e8-element ZeRO buckets are allocated and zero-filled
+# every step, and overlap_comm (which the generated JSON turns on) slows every op down:
+# seconds per step for a 0.1M-parameter model. Small buckets, no overlap keep ZeRO fast.
 SMALL_BUCKETS = (
     "{zero_optimization: {reduce_bucket_size: 1000000, allgather_bucket_size: 1000000,"
-    " stage3_prefetch_bucket_size: 100000, stage3_param_persistence_threshold: 64}}"
+    " stage3_prefetch_bucket_size: 100000, stage3_param_persistence_threshold: 64,"
+    " overlap_comm: false}}"
 )
 
 
