@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from rsfm_kernels.dispatch import triton_reasons
 
 from .conftest import make_modality, micro_model
