@@ -76,7 +76,8 @@ class FusionEncoder(nn.Module):
         self, name: str, x: torch.Tensor, valid: torch.Tensor, dates: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality's tokens x (B, T, G, N, D) -> (B, N, T*G, D) with embeddings added."""
-        date = self.date_embed(date_features(dates, self.config.date_freqs))  # (B, T, D)
+        feat = date_features(dates, self.config.date_freqs).to(self.date_embed.weight.dtype)
+        date = self.date_embed(feat)  # (B, T, D)
         x = x + date[:, :, None, None, :] + self.modality_embed[self.modality_index[name]]
         if name in self.group_embed:
             x = x + self.group_embed[name][None, None, :, None, :]  # (1, 1, G, 1, D)

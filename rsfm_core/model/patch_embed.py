@@ -266,12 +266,18 @@ class SpectralPatchEmbed(nn.Module):
         m = self.config.modalities[modality]
         B, T, C, H, W = pixels.shape
         p, G = m.patch, bands.num_groups
-        weight = resize_kernel(self.hypernet(bands.descriptors, m.kernel_size), p)  # (C, D, p, p)
+        # The model computes in its parameter dtype (bf16 under DeepSpeed bf16); the patch
+        # embedding itself runs in float32 (physical units, normalisation), tokens are
+        # handed on in the parameter dtype.
+        dt = self.bias.dtype
+        desc = bands.descriptors.to(dt)
+        weight = resize_kernel(self.hypernet(desc, m.kernel_size).float(), p)  # (C, D, p, p)
         weight = weight * bands.band_scale[:, None, None, None]
-        bias = self.bias + self.modality_embed[self.modality_index[modality]]  # (D,)
+        bias = (self.bias + self.modality_embed[self.modality_index[modality]]).float()  # (D,)
         bias = bias.expand(G, -1)  # (G, D)
         if modality in self.group_embed:
-            bias = bias + self.group_embed[modality]
+            bias = bias + self.group_embed[modality].float()
+        pixels = pixels.float()
         x = pixels.flatten(0, 1)  # (BT, C, H, W)
         v = valid.flatten(0, 1)  # (BT, H, W)
 
@@ -297,4 +303,4 @@ class SpectralPatchEmbed(nn.Module):
             tokens = torch.cat([embed(pixels[b], valid[b], o) for b, o in enumerate(offsets)])
         tv = token_validity(v, p, self.config.min_valid_frac).flatten(1)  # (BT, N)
         tv = tv[:, None, :] & bands.group_present[None, :, None]  # (BT, G, N)
-        return tokens.flatten(0, 1), tv.flatten(0, 1)  # (BT*G, N, D), (BT*G, N)
+        return tokens.flatten(0, 1).to(dt), tv.flatten(0, 1)  # (BT*G, N, D), (BT*G, N)
