@@ -170,12 +170,14 @@ def _subprocess(case: dict) -> dict:
     env = {**os.environ}
     if case.get("threads"):
         env["OMP_NUM_THREADS"] = str(case["threads"])
+    # with a progress bar the case's stderr (tqdm, logs) goes straight to ours
+    err = None if case.get("progress") else subprocess.PIPE
     p = subprocess.run(
         [sys.executable, "-m", "benchmarks.embed", "--case", json.dumps(case)],
-        cwd=C.REPO, env=env, capture_output=True, text=True,
+        cwd=C.REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
     )  # fmt: skip
     if p.returncode != 0:
-        raise RuntimeError(f"case {case['model']} failed:\n{p.stderr[-4000:]}")
+        raise RuntimeError(f"case {case['model']} failed:\n{(p.stderr or '')[-4000:]}")
     line = next(x for x in p.stdout.splitlines()[::-1] if x.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", default="", help="comma-separated torch thread counts to try")
     p.add_argument("--device", default="auto")
+    p.add_argument("--progress", action="store_true", help="show the embed progress bar (stderr)")
     p.add_argument("--data", default=str(C.REPO / "runs" / "bench_embed"), help="scene folder")
     p.add_argument("--case", help=argparse_hidden())
     a = p.parse_args(argv)
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             case = dict(model=model, size=size, files=files, out=str(out), tile=a.tile,
                         overlap=a.overlap, batch=a.batch, region=region, threads=threads,
-                        device=a.device)  # fmt: skip
+                        device=a.device, progress=a.progress)  # fmt: skip
             r = _subprocess(case)
             if region:
                 r["extrapolated_full_s"] = r["s_total"] * size * size / r["region_px"]
