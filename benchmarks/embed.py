@@ -115,6 +115,25 @@ class _RssSampler:
             time.sleep(0.5)
 
 
+def check_outputs(out: Path) -> dict:
+    """What the outputs hold (a cheap sanity check of a run, in the results): the COG's
+    size, bands, internal tiling and overview levels, its nodata tokens (band 1, read by
+    blocks), and the GeoParquet row count."""
+    import pyarrow.parquet as pq
+    import rasterio
+
+    with rasterio.open(out / "emb.tif") as ds:
+        nodata = 0
+        for _, win in ds.block_windows(1):
+            nodata += int(np.isnan(ds.read(1, window=win)).sum())
+        info = {"cog_width": ds.width, "cog_height": ds.height, "cog_bands": ds.count,
+                "cog_dtype": ds.dtypes[0],
+                "cog_nbits": ds.tags(1, "IMAGE_STRUCTURE").get("NBITS"), "cog_block": list(ds.block_shapes[0]),
+                "cog_overviews": ds.overviews(1), "cog_nodata_tokens": nodata}  # fmt: skip
+    info["parquet_rows"] = pq.ParquetFile(out / "chips.parquet").metadata.num_rows
+    return info
+
+
 def run_case(case: dict) -> dict:
     """Embed one scene with one model (in this process) and report."""
     import warnings
@@ -162,6 +181,7 @@ def run_case(case: dict) -> dict:
         "peak_rss_mb": _peak_rss_mb(), "rss_before_embed_mb": rss0, **phases,
         "threads": torch.get_num_threads(), "device": str(emb.device),
         "out_mb": sum(p.stat().st_size for p in (res.out, res.parquet)) / 2**20,
+        **check_outputs(out),
     }  # fmt: skip
 
 
