@@ -103,6 +103,13 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
 
+def accelerator_is_cpu() -> bool:
+    """Whether DeepSpeed runs on its CPU accelerator (after :func:`init_distributed`)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed python, numpy and torch; ``deterministic`` also turns on deterministic
     algorithms (process-wide: a training process owns its global torch state)."""
@@ -338,10 +345,17 @@ class Trainer:
             param_groups(student, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
         )
         self.gate = StepGate(opt)
-        self.ds_config = deepspeed_config(cfg, self.world)
+        self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
         self.engine, _, _, _ = deepspeed.initialize(
             model=student, optimizer=opt, config=self.ds_config
         )
+        sched = self.engine.lr_scheduler
+        if sched is not None and getattr(sched, "last_batch_iteration", None) == -1:
+            # WarmupCosineLR starts at iteration -1 (ratio 0) and its linear warmup gives
+            # ratio 0 again at iteration 0: the first two steps would run at LR 0. From
+            # iteration 1, optimizer step k runs at k / warmup_steps of the peak LR.
+            # (A resumed run loads the scheduler's saved iteration over this.)
+            sched.step(1)
         self.device = self.engine.device
         self.teacher.to(self.device)
         self.loss_fn.to(self.device).train()

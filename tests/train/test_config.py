@@ -134,6 +134,11 @@ def test_deepspeed_extra_is_merged():
     )
     zero = deepspeed_config(cfg, 2)["zero_optimization"]
     assert zero["stage"] == 2 and zero["reduce_bucket_size"] == 1000
+    cpu = deepspeed_config(cfg, 2, cpu=True)["zero_optimization"]  # CPU defaults, extra wins
+    assert cpu["overlap_comm"] is False and cpu["allgather_bucket_size"] == 10**6
+    assert cpu["reduce_bucket_size"] == 1000
+    tiny = deepspeed_config(load_config("tiny_cpu"), 1, cpu=True)["zero_optimization"]
+    assert tiny == {"stage": 0}  # ZeRO-0 has no buckets
 
 
 def test_deepspeed_accepts_the_generated_json():

@@ -18,7 +18,7 @@ import torch
 
 from .engine_common import assert_states_equal, full_state, micro_config, read_metrics, state_copy
 
-N = 2  # steps before and after the restart (the first two steps run at LR 0: warmup)
+N = 2  # steps before and after the restart
 
 
 @pytest.fixture(autouse=True)

@@ -73,7 +73,7 @@ def test_engine_run_folder_and_metrics(trainer):
     run = trainer.run_dir
     assert load_config(run / "config.yaml") == trainer.cfg
     assert json.loads((run / "ds_config.json").read_text()) == json.loads(
-        json.dumps(deepspeed_config(trainer.cfg, 1))
+        json.dumps(deepspeed_config(trainer.cfg, 1, cpu=not torch.cuda.is_available()))
     )
     git = json.loads((run / "git.json").read_text())
     assert git["commit"] and "dirty" in git and git["deepspeed"]
@@ -87,7 +87,8 @@ def test_engine_run_folder_and_metrics(trainer):
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
     # B * T * h * w tokens per modality of view 1: 2 modalities, or 1 after modality dropout
     assert recs[-1]["samples"] == 2 and recs[-1]["tokens"] in (2 * 2 * 4 * 4, 2 * 2 * 2 * 4 * 4)
-    assert [r["lr"] for r in recs][:2] == [0.0, 0.0] and recs[2]["lr"] > 0  # DeepSpeed warmup
+    lrs = [r["lr"] for r in recs]  # warmup from the first step on: no step at LR 0
+    assert 0 < lrs[0] < trainer.cfg.optim.lr and all(0 < x <= trainer.cfg.optim.lr for x in lrs)
 
 
 def test_engine_teacher_follows_student_after_a_step(trainer):
