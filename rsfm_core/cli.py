@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     ("rsfm_train.prepare", "add_prepare_parser"),
     ("rsfm_train.pretrain", "add_pretrain_parser"),
     ("rsfm_train.export", "add_export_parser"),
+    ("rsfm_train.evaluate", "add_eval_parser"),
 )
 
 

@@ -236,22 +236,19 @@ def evaluate(
 
 _EXAMPLE = """example:
   rsfm export runs/tiny_cpu exported/tiny
-  python -m rsfm_train.evaluate exported/tiny --random-baseline
+  rsfm eval exported/tiny --random-baseline           # or: python -m rsfm_train.evaluate ...
+  rsfm eval exported/tiny --json runs/eval_tiny.json
 Prints the full and few-shot probe accuracy and S1 -> S2 retrieval top-1 of each model
 (and of a randomly initialised encoder of the first model's architecture)."""
 
+_DESCRIPTION = (
+    "Frozen-encoder linear probe (full and few-shot) and S1 -> S2 retrieval on labelled "
+    "synthetic scenes held out by location; the same measures for a random init with "
+    "--random-baseline."
+)
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
 
-    from rsfm_core.model import RSFMEncoder, load_pretrained, read_config
-
-    p = argparse.ArgumentParser(
-        prog="python -m rsfm_train.evaluate",
-        description="Frozen-encoder linear probe and cross-modal retrieval on synthetic scenes.",
-        epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_arguments(p) -> None:
     p.add_argument(
         "models", nargs="+", help="exported model folders (config.json + model.safetensors)"
     )
@@ -259,7 +256,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=8, help="probe-train and test scenes each (8)")
     p.add_argument("--size", type=int, default=32, help="scene side in pixels (32)")
     p.add_argument("--shots", type=int, default=10, help="labels per class of the few-shot probe")
-    args = p.parse_args(argv)
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def add_eval_parser(subparsers):
+    """Register ``rsfm eval`` on the ``rsfm`` command's subparsers."""
+    import argparse
+
+    p = subparsers.add_parser(
+        "eval",
+        help="frozen-encoder probe + cross-modal retrieval vs random init (synthetic scenes)",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def run_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from rsfm_core.model import RSFMEncoder, load_pretrained, read_config
+
     train = make_eval_scenes(args.scenes, args.size, seed=10_000)
     test = make_eval_scenes(args.scenes, args.size, seed=20_000)
     models = {m: load_pretrained(m) for m in args.models}
@@ -268,10 +289,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         models["random init"] = RSFMEncoder(read_config(args.models[0]))
     cols = ("probe_acc", f"probe_{args.shots}shot_acc", "retrieval_top1", "retrieval_chance")
     print(f"{'model':<40}" + "".join(f"{c:>20}" for c in cols))
+    results = {}
     for name, model in models.items():
-        r = evaluate(model, train, test, shots=args.shots)
+        r = results[name] = evaluate(model, train, test, shots=args.shots)
         print(f"{name:<40}" + "".join(f"{r.get(c, float('nan')):>20.4f}" for c in cols))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: getattr(args, k) for k in ("scenes", "size", "shots")}
+        Path(args.json).write_text(json.dumps({"settings": settings, "results": results}, indent=1))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m rsfm_train.evaluate",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    return run_eval(p.parse_args(argv))
 
 
 if __name__ == "__main__":
