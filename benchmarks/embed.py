@@ -7,7 +7,8 @@
 
 Reports km2/s and pixels/s (10 m pixels), the time split into read / compute / write /
 finalize (COG + GeoParquet), and the peak RSS of the process that embedded (each case
-runs in a fresh subprocess, ``resource.getrusage`` max RSS). Weights are random
+runs in a fresh subprocess; peak = Linux VmHWM, reset when the case starts, plus a 0.5 s
+sampler of the current RSS that says when the peak happened). Weights are random
 (``Embedder.random``): throughput does not depend on them.
 
 The scene is written block by block with rasterio windowed writes (smooth fields plus
@@ -92,8 +93,24 @@ def write_scene(folder: Path, size: int, dates: int, bands: list[str], s1: bool)
 # ---------------------------------------------------------------------------- one case
 
 
+def _reset_peak_rss() -> None:
+    """Start this process's peak RSS afresh (Linux: VmHWM := VmRSS). Needed because
+    ``ru_maxrss`` survives fork + exec: a case process started by a parent that had just
+    written a 3 GB scene reported the parent's 3.1 GB as its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """Peak RSS since :func:`_reset_peak_rss` (VmHWM), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 class _RssSampler:
@@ -136,6 +153,7 @@ def check_outputs(out: Path) -> dict:
 
 def run_case(case: dict) -> dict:
     """Embed one scene with one model (in this process) and report."""
+    _reset_peak_rss()
     import warnings
 
     import torch
