@@ -40,6 +40,43 @@ def import_kernels(module: str = "rsfm_kernels"):
     return importlib.import_module(module)
 
 
+# ---------------------------------------------------------------- process memory (Linux /proc)
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(x.split()[1]) for x in f if x.startswith(key + ":")), None)
+    except OSError:
+        return None
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS afresh (Linux: VmHWM := VmRSS). Needed because
+    ``ru_maxrss`` survives fork + exec: a case process started by a parent that had just
+    written a 3 GB scene reported the parent's 3.1 GB as its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since :func:`reset_peak_rss` (VmHWM), else ``ru_maxrss``."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1024.0
+
+
+def rss_mb() -> float:
+    """This process's current resident memory (VmRSS); 0 where /proc is missing."""
+    return (_status_kib("VmRSS") or 0) / 1024.0
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -93,26 +92,6 @@ def write_scene(folder: Path, size: int, dates: int, bands: list[str], s1: bool)
 # ---------------------------------------------------------------------------- one case
 
 
-def _reset_peak_rss() -> None:
-    """Start this process's peak RSS afresh (Linux: VmHWM := VmRSS). Needed because
-    ``ru_maxrss`` survives fork + exec: a case process started by a parent that had just
-    written a 3 GB scene reported the parent's 3.1 GB as its own peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS since :func:`_reset_peak_rss` (VmHWM), else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024.0
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 class _RssSampler:
     """Samples this process's resident memory every 0.5 s: when did the peak happen?"""
 
@@ -125,8 +104,7 @@ class _RssSampler:
 
     def _run(self) -> None:
         while not self.stop:
-            with open("/proc/self/statm") as f:
-                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            rss = C.rss_mb()
             if rss > self.peak:
                 self.peak, self.at = rss, time.perf_counter() - self.t0
             time.sleep(0.5)
@@ -153,7 +131,7 @@ def check_outputs(out: Path) -> dict:
 
 def run_case(case: dict) -> dict:
     """Embed one scene with one model (in this process) and report."""
-    _reset_peak_rss()
+    C.reset_peak_rss()
     import warnings
 
     import torch
@@ -172,7 +150,7 @@ def run_case(case: dict) -> dict:
     finalize = embed_run.finalize
 
     def timed_finalize(*a, **k):  # the peak RSS of streaming, before the outputs are written
-        phases["stream_peak_rss_mb"] = _peak_rss_mb()
+        phases["stream_peak_rss_mb"] = C.peak_rss_mb()
         phases["finalize_at_s"] = time.perf_counter() - sampler.t0
         return finalize(*a, **k)
 
@@ -180,7 +158,7 @@ def run_case(case: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights, bands/modalities not given
         emb = rs.Embedder.random(case["model"], device=case["device"])
-        rss0 = _peak_rss_mb()
+        rss0 = C.peak_rss_mb()
         sampler = _RssSampler()
         res = emb.embed_rasters(
             inputs, out / "emb.tif", parquet=out / "chips.parquet", tile=case["tile"],
@@ -196,7 +174,7 @@ def run_case(case: dict) -> dict:
         "s_total": s["total"], "s_read": s["read"], "s_compute": s["compute"],
         "s_write": s["write"], "s_finalize": s["finalize"],
         "km2_per_s": res.km2 / s["total"], "px_per_s": res.pixels / s["total"],
-        "peak_rss_mb": _peak_rss_mb(), "rss_before_embed_mb": rss0, **phases,
+        "peak_rss_mb": C.peak_rss_mb(), "rss_before_embed_mb": rss0, **phases,
         "threads": torch.get_num_threads(), "device": str(emb.device),
         "out_mb": sum(p.stat().st_size for p in (res.out, res.parquet)) / 2**20,
         **check_outputs(out),

@@ -24,13 +24,12 @@ import rsfm_core as rs
 from tests.inference.conftest import LocalStub, inputs_of
 scene, out = json.loads(sys.argv[1]), sys.argv[2]
 emb = rs.Embedder(LocalStub(), device="cpu")
-def kib(key):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
-open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-before = kib("VmRSS")
+from benchmarks._common import peak_rss_mb, reset_peak_rss, rss_mb
+reset_peak_rss()  # VmHWM := VmRSS
+before = rss_mb()
 res = emb.embed_rasters(inputs_of(scene), out, tile=256, overlap=32, batch=4,
                         dtype="float32", progress=False, cache_mb=16)
-print(json.dumps({"before": before * 1024, "peak": kib("VmHWM") * 1024, "tiles": res.tiles}))
+print(json.dumps({"before": before * 2**20, "peak": peak_rss_mb() * 2**20, "tiles": res.tiles}))
 """
 
 W = 512
