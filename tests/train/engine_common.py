@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +81,12 @@ def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     assert not bad, f"tensors differ: {bad[:5]}"
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    """Autouse in every module that imports it: the engine may turn on deterministic
+    algorithms process-wide; put the flag back after each test."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)

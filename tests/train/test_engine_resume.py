@@ -16,16 +16,16 @@ import sys
 import pytest
 import torch
 
-from .engine_common import assert_states_equal, full_state, micro_config, read_metrics, state_copy
+from .engine_common import (  # noqa: F401 (restore_determinism: an autouse fixture)
+    assert_states_equal,
+    full_state,
+    micro_config,
+    read_metrics,
+    restore_determinism,
+    state_copy,
+)
 
 N = 2  # steps before and after the restart
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    before = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from .engine_common import (
+from .engine_common import (  # noqa: F401 (restore_determinism: an autouse fixture)
     assert_states_equal,
     micro_config,
     micro_overrides,
     read_metrics,
+    restore_determinism,
     state_copy,
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    before = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(before)
 
 
 @pytest.fixture(scope="module")
