@@ -92,8 +92,9 @@ def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, requires_g
 def providers(device: torch.device, A) -> dict[str, Callable]:
     """name -> fn(q, k, v, mask); only those that can exist on this machine."""
     out: dict[str, Callable] = {}
-    if device.type == "cuda" or A._INTERPRETED:
-        out["triton"] = lambda q, k, v, m: A.triton_attention(q, k, v, m)
+    T = A._T  # the Triton kernels (None where Triton is not installed)
+    if T is not None and (device.type == "cuda" or T._INTERPRETED):
+        out["triton"] = lambda q, k, v, m: T.triton_attention(q, k, v, m)
     if device.type == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -183,10 +184,10 @@ def add_ratios(rows: list[dict], copy_gbs: float) -> None:
 
 def run(quick: bool, json_path: str | None) -> int:
     device = C.default_device()
-    A = C.import_kernels("rsfm_kernels.attention")
+    A = C.import_kernels("rsfm_kernels.attn")
     if device.type != "cuda":
         print("No CUDA device: running the tiny CPU mode (sdpa vs reference"
-              + (", triton under the interpreter" if A._INTERPRETED else "; set TRITON_INTERPRET=1 for triton")
+              + (", triton under the interpreter" if A._T and A._T._INTERPRETED else "; set TRITON_INTERPRET=1 for triton")
               + "). GPU numbers need a GPU.")  # fmt: skip
         quick = True
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -277,8 +278,8 @@ def compile_report(archs=(90, 80), head_dims=(64, 128), dtype: str = "bf16") -> 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    A = C.import_kernels("rsfm_kernels.attention")
-    S = C.import_kernels("rsfm_kernels.attention_short")
+    A = C.import_kernels("rsfm_kernels.attn.dense")
+    S = C.import_kernels("rsfm_kernels.attn.short")
     if A._INTERPRETED:
         raise SystemExit("--compile-report needs TRITON_INTERPRET unset (it compiles for the GPU)")
     ptrs = {n: f"*{dtype}" for n in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV")}

@@ -3,7 +3,7 @@ embedding and InfoNCE, each with a pure-PyTorch reference and backends chosen by
 :mod:`rsfm_kernels.dispatch`. ``python -m rsfm_kernels.info`` lists the backends."""
 
 from . import dispatch
-from .attention import attention, attention_reference
+from .attn import attention, attention_reference
 from .infonce import info_nce, info_nce_reference
 from .spectral_embed import spectral_patch_embed, spectral_patch_embed_reference
 

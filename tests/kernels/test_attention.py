@@ -20,15 +20,15 @@ import rsfm_kernels as rk
 import torch
 from rsfm_kernels import dispatch
 
-A = importlib.import_module("rsfm_kernels.attention")
-S = importlib.import_module("rsfm_kernels.attention_short")
-T = importlib.import_module("rsfm_kernels.attention_triton")  # the kernels behind A
+A = importlib.import_module("rsfm_kernels.attn")
+S = importlib.import_module("rsfm_kernels.attn.short")
+T = importlib.import_module("rsfm_kernels.attn.dense")  # the kernels behind A
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 REPO = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(
-    not (CUDA or A._INTERPRETED), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
+    not (CUDA or T._INTERPRETED), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
 )
 TOL = {torch.float32: (2e-5, 5e-5), torch.float16: (3e-3, 8e-3)}  # (output, gradient) atol
 
@@ -71,7 +71,7 @@ def run_and_compare(fn, q, k, v, mask, **kw):
 
 
 def tri(path):
-    return lambda q, k, v, m, **kw: A.triton_attention(q, k, v, m, path=path, **kw)
+    return lambda q, k, v, m, **kw: T.triton_attention(q, k, v, m, path=path, **kw)
 
 
 # ---------------------------------------------------------------- dense (FlashAttention-2) path
@@ -121,7 +121,7 @@ def test_deterministic_switches_reach_the_dense_backward(monkeypatch):
     q, k, v = make_qkv(1, 1, 17, 17, 32, torch.float32)
 
     def grad_once(**kw):
-        A.triton_attention(q, k, v, path="dense", **kw).sum().backward()
+        T.triton_attention(q, k, v, path="dense", **kw).sum().backward()
 
     monkeypatch.delenv("RSFM_DETERMINISTIC", raising=False)
     grad_once()
@@ -172,13 +172,13 @@ def test_short_config_packs_whole_sequences():
 
 
 def test_select_path():
-    assert A.select_path(64, 64) == "short"
-    assert A.select_path(16, 65) == "dense"
-    assert A.select_path(16, 16, "dense") == "dense"
+    assert T.select_path(64, 64) == "short"
+    assert T.select_path(16, 65) == "dense"
+    assert T.select_path(16, 16, "dense") == "dense"
     with pytest.raises(ValueError, match="N_q, N_k <= 128"):
-        A.select_path(200, 16, "short")
+        T.select_path(200, 16, "short")
     with pytest.raises(ValueError, match="path must be"):
-        A.select_path(16, 16, "fast")
+        T.select_path(16, 16, "fast")
 
 
 # ---------------------------------------------------------------- masks, layouts
@@ -212,7 +212,7 @@ def test_strided_inputs_need_no_copy(path, n):
     big = make_mask(b, 2 * n, "random", seed=5)
     mask = big[:, ::2]  # non-contiguous mask too
     mask[:, -1] = True
-    out = A.triton_attention(q, k, v, mask, path=path)
+    out = T.triton_attention(q, k, v, mask, path=path)
     out.sum().backward()  # dO with all strides 0
     grad = qkv.grad.clone()
     ref_leaf = qkv.detach().clone().requires_grad_()
@@ -313,17 +313,17 @@ def test_attention_forced_triton_runs_both_paths():
 def test_launcher_validation_names_the_shapes():
     x = torch.randn(2, 3, 8, 32)
     with pytest.raises(ValueError, match=r"share B and H.*\(2, 3, 8, 32\)"):
-        A.triton_attention(x, torch.randn(2, 4, 8, 32), torch.randn(2, 4, 8, 32))
+        T.triton_attention(x, torch.randn(2, 4, 8, 32), torch.randn(2, 4, 8, 32))
     with pytest.raises(ValueError, match="same length N_k"):
-        A.triton_attention(x, x, torch.randn(2, 3, 9, 32))
+        T.triton_attention(x, x, torch.randn(2, 3, 9, 32))
     with pytest.raises(ValueError, match="head dim D=12"):
-        A.triton_attention(*(torch.randn(1, 1, 4, 12),) * 3)
+        T.triton_attention(*(torch.randn(1, 1, 4, 12),) * 3)
     with pytest.raises(TypeError, match="one dtype"):
-        A.triton_attention(x, x.double(), x)
+        T.triton_attention(x, x.double(), x)
     with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, N_k\) = \(2, 8\)"):
-        A.triton_attention(x, x, x, torch.ones(2, 7, dtype=torch.bool))
+        T.triton_attention(x, x, x, torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="4-D"):
-        A.triton_attention(x[0], x[0], x[0])
+        T.triton_attention(x[0], x[0], x[0])
 
 
 # ---------------------------------------------------------------- offline GPU compile (slow)
@@ -402,7 +402,7 @@ def test_gpu_deterministic_backward_is_bitwise_repeatable():
     mask = make_mask(2, 1024, "random")
     do = torch.randn_like(q)
     runs = [
-        torch.autograd.grad(A.triton_attention(q, k, v, mask, deterministic=True), (q, k, v), do)
+        torch.autograd.grad(T.triton_attention(q, k, v, mask, deterministic=True), (q, k, v), do)
         for _ in range(3)
     ]
     for r in runs[1:]:

@@ -24,7 +24,7 @@ s2 = ModalityData(px, torch.ones(1, 1, 16, 16, dtype=torch.bool), torch.zeros(1,
 with torch.no_grad():
     out = model({"s2": s2})
 print(json.dumps({"chosen": chosen, "dense": list(out.dense.shape),
-                  "triton_loaded": "rsfm_kernels.attention_triton" in sys.modules,
+                  "triton_loaded": "rsfm_kernels.attn.dense" in sys.modules,
                   "reasons": reasons}))
 """
 

@@ -1,6 +1,6 @@
-"""Attention for many short sequences (temporal fusion), plus helpers shared with attention.py.
+"""Triton attention for many short sequences (the temporal fusion stage).
 
-Math: as :mod:`rsfm_kernels.attention`, ``O = softmax(Q K^T * scale + mask_bias) V`` per
+Math: as :mod:`rsfm_kernels.attn`, ``O = softmax(Q K^T * scale + mask_bias) V`` per
 sequence, where a "sequence" is one ``(b, h)`` pair of ``(B, H, L, D)`` inputs and ``L`` is
 small (4..64 in the temporal fusion stage, at most ``SHORT_MAX_LEN``).
 
@@ -29,101 +29,21 @@ sequences, hence ``SHORT_MAX_LEN`` and the automatic cut-over at ``SHORT_AUTO_LE
 Differences vs reference: none in the math; float32 softmax statistics, low-precision P and
 dS fed to the dots (as FlashAttention does).
 
-This module is the leaf of the attention kernels, so it also holds what attention.py shares:
-the portable ``_dot`` and the input validation used by every launcher.
+Input validation lives in :mod:`rsfm_kernels.attn.launch` (shared with the dense kernels),
+the portable exact dot in :mod:`rsfm_kernels._triton_common`.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SHORT_AUTO_LEN = 64  # attention() uses this path when both lengths are at most this
-SHORT_MAX_LEN = 128  # hard limit of the packed kernel (one tile holds a whole sequence)
-
-
-def head_dim_supported(d: int) -> bool:
-    return 8 <= d <= 128 and d % 8 == 0
-
-
-def block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
-
-
-def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-) -> torch.Tensor | None:
-    """Every launcher's checks; returns the mask as bool (or None). Raises ValueError/TypeError."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"attention: {name} must be 4-D (B, H, N, D); got shape {tuple(t.shape)}"
-            )
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if not (q.shape[0] == k.shape[0] == v.shape[0] and q.shape[1] == k.shape[1] == v.shape[1]):
-        raise ValueError(f"attention: q, k, v must share B and H (dims 0, 1); got {shapes}")
-    if k.shape[2] != v.shape[2]:
-        raise ValueError(f"attention: k and v must have the same length N_k (dim 2); got {shapes}")
-    if not (q.shape[3] == k.shape[3] == v.shape[3]):
-        raise ValueError(f"attention: q, k, v must share the head dim D (dim 3); got {shapes}")
-    if not head_dim_supported(q.shape[3]):
-        raise ValueError(
-            f"attention: head dim D={q.shape[3]} is not supported by the Triton kernels "
-            f"(multiples of 8 from 8 to 128); got {shapes}"
-        )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"attention: q, k, v must share one dtype of {[str(d) for d in SUPPORTED_DTYPES]}; "
-            f"got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if not (q.device == k.device == v.device):
-        raise ValueError(
-            f"attention: q, k, v on different devices: {q.device}, {k.device}, {v.device}"
-        )
-    if key_padding_mask is None:
-        return None
-    m = key_padding_mask
-    if m.dim() != 2 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]:
-        raise ValueError(
-            f"attention: key_padding_mask must be (B, N_k) = ({k.shape[0]}, {k.shape[2]}); "
-            f"got {tuple(m.shape)} with {shapes}"
-        )
-    if m.device != q.device:
-        raise ValueError(f"attention: key_padding_mask is on {m.device}, q on {q.device}")
-    return m if m.dtype == torch.bool else m.to(torch.bool)
-
-
-def mask_args(mask: torch.Tensor | None, dummy: torch.Tensor) -> tuple:
-    """(pointer, stride_b, stride_n) for the kernels; bool is read as uint8 (same bytes)."""
-    if mask is None:
-        return dummy, 0, 0
-    return mask.view(torch.uint8), mask.stride(0), mask.stride(1)
-
-
-# Portable float32 dot: `input_precision` (Triton >= 3.0) or the older `allow_tf32`. "ieee"
-# keeps float32 exact (the interpreter and GPU agree); it only affects float32 operands.
-if "input_precision" in inspect.signature(tl.dot).parameters:
-
-    @triton.jit
-    def _dot(a, b):
-        return tl.dot(a, b, input_precision="ieee")
-
-else:  # pragma: no cover - Triton < 3.0
-
-    @triton.jit
-    def _dot(a, b):
-        return tl.dot(a, b, allow_tf32=False)
-
+from .._triton_common import dot as _dot
+from .._triton_common import gpu_arch
+from .launch import SHORT_MAX_LEN, block_d, mask_args
 
 # ---------------------------------------------------------------- kernels
 
@@ -243,14 +163,6 @@ class ShortConfig:
     block_n: int
     warps_fwd: int
     warps_bwd: int
-
-
-def gpu_arch(device: torch.device) -> str:
-    """Launch-config family: "sm90" (Hopper and newer), "sm80" (A100), "other", or "cpu"."""
-    if device.type != "cuda":
-        return "cpu"
-    major, _ = torch.cuda.get_device_capability(device)
-    return "sm90" if major >= 9 else "sm80" if major == 8 else "other"
 
 
 def short_config(l_q: int, l_k: int, d: int, arch: str, interpret: bool = False) -> ShortConfig:

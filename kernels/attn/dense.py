@@ -1,8 +1,8 @@
 """The Triton FlashAttention-2 kernels behind ``rsfm_kernels.attention`` (backends
 ``triton`` and ``triton_short``): launch configs, forward/backward kernels, launchers and
-the autograd function. Math, layouts, dtypes and caveats: :mod:`rsfm_kernels.attention`.
+the autograd function. Math, layouts, dtypes and caveats: :mod:`rsfm_kernels.attn`.
 
-Imported only where Triton is installed (Linux): :mod:`rsfm_kernels.attention` keeps the
+Imported only where Triton is installed (Linux): :mod:`rsfm_kernels.attn` keeps the
 SDPA and reference backends working without it."""
 
 from __future__ import annotations
@@ -17,21 +17,13 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from . import dispatch
-from .attention_short import (
-    SHORT_AUTO_LEN,
-    SHORT_MAX_LEN,
-    _dot,
-    block_d,
-    check_inputs,
-    gpu_arch,
-    mask_args,
-    short_backward,
-    short_forward,
-)
+from .._triton_common import INTERPRETED as _INTERPRETED
+from .._triton_common import dot as _dot
+from .._triton_common import gpu_arch
+from .launch import SHORT_AUTO_LEN, SHORT_MAX_LEN, block_d, check_inputs, mask_args
+from .short import short_backward, short_forward
 
 LOG2E = 1.4426950408889634
-_INTERPRETED = dispatch.interpreter_on()  # Triton decides interpret-or-compile at import
 
 
 # ---------------------------------------------------------------- pinned launch configs

@@ -18,7 +18,7 @@ Triton kernels (FlashAttention-2 style, non-causal):
   ``torch.use_deterministic_algorithms(True)``.
 - many short sequences (``N_q, N_k <= 64``, chosen automatically): several sequences
   packed per tile with a block-diagonal mask, one-pass backward without atomics; see
-  :mod:`rsfm_kernels.attention_short`.
+  :mod:`rsfm_kernels.attn.short`.
 
 Layouts: q ``(B, H, N_q, D)``, k and v ``(B, H, N_k, D)``, any strides (every stride is
 passed to the kernels; stride 0 works). Output and gradients are freshly allocated,
@@ -26,9 +26,14 @@ contiguous. Dtypes: float16, bfloat16, float32 (one dtype for q, k, v); softmax 
 and accumulators are float32. Head dims: multiples of 8 from 8 to 128 (non powers of two
 are padded to the next power of two with masks); tuned configs exist for 32, 64, 128.
 
-The kernels live in :mod:`rsfm_kernels.attention_triton`, imported only where Triton is
-installed (a Linux dependency): without it this module still imports, the ``triton``
-backends report "triton is not installed" (``rsfm info``), and SDPA serves (macOS, Windows).
+Files: :mod:`~rsfm_kernels.attn.reference` (the spec), :mod:`~rsfm_kernels.attn.launch`
+(input validation shared by the launchers), :mod:`~rsfm_kernels.attn.dense` and
+:mod:`~rsfm_kernels.attn.short` (the Triton kernels, imported only where Triton is
+installed, a Linux dependency: without it this package still imports, the ``triton``
+backends report "triton is not installed" (``rsfm info``), and SDPA serves on macOS and
+Windows); this module holds the peers, the registration and :func:`attention`. The
+package is ``attn``, not ``attention``, so that ``rsfm_kernels.attention`` stays the
+function.
 
 Backends (priority order): ``triton`` (10, CUDA sm80+, or forced on CPU under
 ``TRITON_INTERPRET=1``), ``triton_short`` (11, the packed kernel forced for any length up to
@@ -59,57 +64,17 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from . import dispatch
+from .. import dispatch
+from .launch import SHORT_MAX_LEN, SUPPORTED_DTYPES, head_dim_supported
+from .reference import attention_reference
 
 _NO_TRITON = "triton is not installed (pip install triton; Linux only)"
 if importlib.util.find_spec("triton") is not None:
-    from . import attention_triton as _T
-    from .attention_short import SUPPORTED_DTYPES, head_dim_supported
-
-    # the Triton entry points and tuning tables, here for callers and tests
-    from .attention_triton import (  # noqa: F401
-        _FP32,
-        _INTERPRETED,
-        _PINNED,
-        _SMALL_SMEM,
-        LaunchConfig,
-        _bwd_kv_kernel,
-        _bwd_q_kernel,
-        _fwd_kernel,
-        dense_backward,
-        dense_forward,
-        deterministic_requested,
-        pinned_configs,
-        select_path,
-        triton_attention,
-    )
-
-    _SHORT_MAX_LEN = _T.SHORT_MAX_LEN
+    from . import dense as _T
 else:  # macOS, Windows, or a Linux install without it: SDPA and the reference still work
-    _T, _SHORT_MAX_LEN = None, 0
+    _T = None
 
 _XFORMERS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """The spec: float32 math, all-masked rows give zeros (and zero gradients). Returns ``q.dtype``."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = torch.einsum("bhnd,bhmd->bhnm", q.float(), k.float()) * scale  # (B, H, N, M)
-    if key_padding_mask is None:
-        p = torch.softmax(s, dim=-1)
-    else:
-        keep = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, M)
-        any_valid = keep.any(dim=-1, keepdim=True)  # (B, 1, 1, 1)
-        # Rows with no valid key get finite dummy logits, then are zeroed: no NaN, zero grads.
-        s = s.masked_fill(~keep & any_valid, float("-inf"))
-        p = torch.softmax(s, dim=-1) * any_valid
-    return torch.einsum("bhnm,bhmd->bhnd", p, v.float()).to(q.dtype)
 
 
 # ---------------------------------------------------------------- peers
@@ -183,7 +148,7 @@ def _triton_reasons(inputs, max_len: int | None = None):
         out.append(f"q, k, v on different devices: {q.device}, {k.device}, {v.device}")
     if q.device.type == "cpu":
         if dispatch.interpreter_on() and not _T._INTERPRETED:
-            out.append("TRITON_INTERPRET=1 was set after rsfm_kernels.attention was imported")
+            out.append("TRITON_INTERPRET=1 was set after rsfm_kernels was imported")
         if q.dtype == torch.bfloat16:
             out.append(
                 "the Triton CPU interpreter computes bfloat16 wrongly; use float16/float32 on CPU"
@@ -221,7 +186,7 @@ dispatch.register(
 )  # fmt: skip
 dispatch.register(
     "attention", "triton_short", _triton_short,
-    lambda inputs: _triton_reasons(inputs, _SHORT_MAX_LEN), priority=11, auto_on_cpu=False,
+    lambda inputs: _triton_reasons(inputs, SHORT_MAX_LEN), priority=11, auto_on_cpu=False,
     description="Triton packed many-short-sequences kernel (forced; N <= 128)",
 )  # fmt: skip
 dispatch.register(
@@ -257,3 +222,6 @@ def attention(
     return b.fn(
         q, k, v, key_padding_mask=key_padding_mask, scale=scale, deterministic=deterministic
     )
+
+
+__all__ = ["attention", "attention_reference"]
