@@ -5,7 +5,15 @@ the generic names ``kernels`` and ``train`` are never claimed in a user's site-p
 ``benchmarks/`` and ``tests/`` are run from a checkout and are not installed.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# Import name -> folder; subpackages are found under each folder.
+ROOTS = {"rsfm_core": "rsfm_core", "rsfm_kernels": "kernels", "rsfm_train": "train"}
+PACKAGES = [
+    f"{name}.{sub}" if sub else name
+    for name, folder in ROOTS.items()
+    for sub in ["", *find_packages(folder)]
+]
 
 setup(
     name="rsfm",
@@ -14,8 +22,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["rsfm_core", "rsfm_core.model", "rsfm_kernels", "rsfm_kernels.attn", "rsfm_train"],
-    package_dir={"rsfm_core": "rsfm_core", "rsfm_kernels": "kernels", "rsfm_train": "train"},
+    packages=PACKAGES,
+    package_dir=ROOTS,
     package_data={"rsfm_train": ["configs/*.yaml"]},
     install_requires=[
         # Any torch >= 2.4 works; the README's scripts pin the CPU build 2.13.0, GPU users
@@ -33,7 +41,7 @@ setup(
         "shapely>=2.0",  # chip footprint polygons (WKB) for GeoParquet
     ],
     extras_require={
-        "train": ["deepspeed>=0.15", "webdataset>=0.2.90"],
+        "train": ["deepspeed>=0.15", "webdataset>=0.2.90", "pydantic>=2"],
         "xformers": ["xformers"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
     },

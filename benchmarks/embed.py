@@ -144,7 +144,7 @@ def run_case(case: dict) -> dict:
     inputs = {"s2": rs.RasterInput("sentinel2_l2a", files["s2"])}
     if files.get("s1"):
         inputs["s1"] = rs.RasterInput("sentinel1_grd", files["s1"])
-    from rsfm_core import embed_run
+    from rsfm_core.inference import run as embed_run
 
     phases = {}
     finalize = embed_run.finalize

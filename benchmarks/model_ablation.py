@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rsfm_core.data import ModalityData
 from rsfm_core.model import build_model
+from rsfm_core.sample import ModalityData
 from rsfm_core.synthetic import make_scene
 
 SENSORS = {"s2": "sentinel2_l2a", "s1": "sentinel1_grd"}

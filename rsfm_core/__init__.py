@@ -3,35 +3,29 @@
 ``import rsfm_core as rs``; submodules and the main entry points load lazily so that
 ``rsfm --help`` and ``import rsfm_core`` stay fast and pull in no rasterio/torch work
 until used.
+
+Package map (stages, lowest first; a module imports only stages below it; docs/architecture.md):
+``sensors`` (band/sensor registry) and ``sample`` (ModalityData, Grid, dates) and
+``files`` (atomic writes, SHA-256) -> ``io`` (reading, tiling, writers, GeoParquet) ->
+``synthetic`` (scenes) and ``model`` (encoder, registry, checkpoints) -> ``inference``
+(Embedder, run loop, stitching) -> ``cli`` / ``demo``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"sensors", "io", "synthetic", "landcover", "model", "inference", "cli", "data"}
-_ATTRS = {
-    # name -> (module, attribute)
-    "ModalityData": ("rsfm_core.data", "ModalityData"),
-    "Grid": ("rsfm_core.data", "Grid"),
-    "build_model": ("rsfm_core.model", "build_model"),
-    "load_pretrained": ("rsfm_core.model", "load_pretrained"),
-    "Embedder": ("rsfm_core.inference", "Embedder"),
-    "RasterInput": ("rsfm_core.inference", "RasterInput"),
+_SUBMODULES = frozenset(
+    {"sensors", "sample", "files", "io", "synthetic", "model", "inference", "cli"}
+)
+_ATTRS = {  # name -> the module defining it
+    "ModalityData": "rsfm_core.sample",
+    "Grid": "rsfm_core.sample",
+    "build_model": "rsfm_core.model.registry",
+    "load_pretrained": "rsfm_core.model.registry",
+    "Embedder": "rsfm_core.inference.embedder",
+    "RasterInput": "rsfm_core.inference.inputs",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"rsfm_core.{name}")
-    if name in _ATTRS:
-        mod, attr = _ATTRS[name]
-        return getattr(importlib.import_module(mod), attr)
-    raise AttributeError(f"module 'rsfm_core' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES | set(_ATTRS))
+__getattr__, __dir__ = lazy_exports(__name__, _ATTRS, _SUBMODULES)

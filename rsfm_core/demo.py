@@ -45,8 +45,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rsfm_core import io, synthetic
-    from rsfm_core.data import from_days
     from rsfm_core.envinfo import report
+    from rsfm_core.sample import from_days
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,8 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from rsfm_core.files import atomic_write_text, fsync_dir
+
 from . import dist
 
 log = logging.getLogger("rsfm_train")
@@ -157,33 +159,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((v, tuple(state), gauss))
 
 
-# ------------------------------------------------------------------------ file helpers
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temp file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _barrier() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
@@ -283,7 +258,7 @@ def save_checkpoint(
         if final.exists():  # re-reaching a step after resuming from an older checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write_text(root / LATEST, tag + "\n")
         prune(root, keep)
     _barrier()

@@ -19,35 +19,64 @@ Decisions:
   optimizer step (not per micro-step) and is saved in DeepSpeed checkpoints for free.
 - PyYAML reads ``3e-4`` (no dot) as a string: float fields accept such strings when
   ``float()`` parses them. Nothing else is coerced (``1`` is not a bool, ``1.0`` not an int).
+- The schema is pydantic models in strict mode with unknown keys forbidden (pydantic comes
+  with DeepSpeed, which validates its own JSON the same way); :func:`_config_error` turns
+  pydantic's first error into one line that names the dotted key, says what was expected
+  and, for an unknown key, suggests the closest valid one and lists the section's keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-@dataclass
-class ModelSection:
+class _Section(BaseModel):
+    """Strict: no unknown keys, no coercion beyond the two YAML conveniences below."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_conveniences(cls, value: Any, info) -> Any:
+        """``3e-4`` arrives from YAML as a string; tuples arrive as lists."""
+        tp = cls.model_fields[info.field_name].annotation
+        if isinstance(value, str) and float in _members(tp):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        if isinstance(value, list) and typing.get_origin(tp) is tuple:
+            return tuple(value)
+        if value is None and isinstance(tp, type) and issubclass(tp, _Section):
+            return {}  # an empty YAML section ("loss:") means its defaults
+        return value
+
+
+def _members(tp: Any) -> tuple:
+    """The alternatives of a union annotation (``float | None`` -> (float, NoneType))."""
+    return (
+        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, type(int | None)) else (tp,)
+    )
+
+
+class ModelSection(_Section):
     name: str = "rsfm_tiny"  # a key of rsfm_core's model registry
-    overrides: dict[str, Any] = field(default_factory=dict)  # kwargs for build_model
+    overrides: dict[str, Any] = Field(default_factory=dict)  # kwargs for build_model
 
 
-@dataclass
-class DataSection:
+class DataSection(_Section):
     source: Literal["synthetic", "shards"] = "synthetic"
     shards: str | None = None  # shard URL/glob/folder when source == "shards"
-    modalities: list[str] = field(default_factory=lambda: ["s2", "s1"])
+    modalities: list[str] = Field(default_factory=lambda: ["s2", "s1"])
     crop_size: int = 64  # pixels per side of each view (at the finest modality's GSD)
     dates_per_view: int = 4
     modality_dropout: float = 0.3  # probability that a view loses one of its modalities
@@ -61,8 +90,7 @@ class DataSection:
     synthetic_cache_mb: int = 512  # synthetic scenes kept per worker (0: regenerate each time)
 
 
-@dataclass
-class LossSection:
+class LossSection(_Section):
     pixel: bool = True
     pixel_weight: float = 1.0
     object: bool = True
@@ -81,8 +109,7 @@ class LossSection:
     head_dim: int = 128
 
 
-@dataclass
-class OptimSection:
+class OptimSection(_Section):
     lr: float = 1.0e-4  # peak learning rate of AdamW
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
@@ -93,8 +120,7 @@ class OptimSection:
     grad_clip: float = 1.0  # global norm; 0 disables
 
 
-@dataclass
-class TeacherSection:
+class TeacherSection(_Section):
     momentum_start: float = 0.996  # EMA momentum of the teacher, cosine-scheduled
     momentum_end: float = 1.0
 
@@ -105,19 +131,17 @@ class TeacherSection:
         return self.momentum_end - (self.momentum_end - self.momentum_start) * cos
 
 
-@dataclass
-class DeepSpeedSection:
+class DeepSpeedSection(_Section):
     zero_stage: int = 0
     bf16: bool = False
     micro_batch: int = 8  # samples per rank per micro-step (the data loader's batch)
     grad_accum: int = 1
     # Raw DeepSpeed keys merged last (e.g. offload settings); keys derived from other
     # sections are refused so that each value has one source.
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class RunSection:
+class RunSection(_Section):
     out_dir: str = "runs/tiny"
     seed: int = 0
     deterministic: bool = False
@@ -130,126 +154,81 @@ class RunSection:
     resume: str = "no"
 
 
-@dataclass
-class PretrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    teacher: TeacherSection = field(default_factory=TeacherSection)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    run: RunSection = field(default_factory=RunSection)
+class PretrainConfig(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    teacher: TeacherSection = Field(default_factory=TeacherSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    run: RunSection = Field(default_factory=RunSection)
 
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and what is valid."""
 
 
-# ------------------------------------------------------------------------ type checking
+# ------------------------------------------------------------------------ errors
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (and lightly converted), or raise."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"{key}: {value!r} is not {_type_name(tp)}"
+def _walk(loc: tuple) -> tuple[str, str, list[str], Any]:
+    """(dotted key, its section's dotted name, the section's keys, the field annotation)
+    for a pydantic error location; stops at the first non-section field."""
+    model, parts = PretrainConfig, []
+    for item in loc:
+        names = list(model.model_fields)
+        key = ".".join([*parts, str(item)])
+        section = ".".join(parts)
+        if item not in model.model_fields:
+            return key, section, names, None
+        tp = model.model_fields[item].annotation
+        parts.append(str(item))
+        if not (isinstance(tp, type) and issubclass(tp, _Section)):
+            return key, section, names, tp
+        model = tp
+    return ".".join(parts), ".".join(parts[:-1]), list(model.model_fields), model
+
+
+def _config_error(err: ValidationError) -> ConfigError:
+    """Pydantic's first error as one line naming the dotted key and what is valid."""
+    e = err.errors()[0]
+    kind, value = e["type"], e["input"]
+    key, section, names, tp = _walk(tuple(e["loc"]))
+    if kind == "extra_forbidden":
+        leaf = key.rsplit(".", 1)[-1]
+        near = difflib.get_close_matches(leaf, names, n=1)
+        prefix = f"{section}." if section else ""
+        hint = f" (did you mean {prefix + near[0]!r}?)" if near else ""
+        return ConfigError(
+            f"unknown config key {key!r}{hint}; valid keys in "
+            f"{section or 'the top level'}: {', '.join(names)}"
         )
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}); got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values; got {list(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        return origin(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping; got {value!r}")
-        return dict(value)
-    return _coerce_scalar(value, tp, key)
+    if kind in ("model_type", "dict_type"):
+        return ConfigError(f"{key}: expected a mapping; got {value!r}")
+    if kind == "literal_error":
+        return ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+    if kind in ("list_type", "tuple_type"):
+        return ConfigError(f"{key}: expected a list ({_type_name(tp)}); got {value!r}")
+    if kind in ("missing", "too_long", "too_short") and typing.get_origin(tp) is tuple:
+        n = len(typing.get_args(tp))
+        return ConfigError(f"{key}: expected {n} values; got {list(value)}")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        want = " | ".join(_type_name(t) for t in _members(tp) if t is not type(None))
+        got = f"{value!r} ({type(value).__name__})"
+        return ConfigError(f"{key}: expected {want}; got {got}")
+    return ConfigError(f"{key}: {e['msg']}")
 
 
-def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise ConfigError(f"{key}: unsupported annotation {tp!r} in the schema")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}; got {value!r} ({type(value).__name__})")
-
-
-# ------------------------------------------------------------------- dict <-> dataclass
-
-
-def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping; got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix + near[0]!r}?)" if near else ""
-            raise ConfigError(
-                f"unknown config key {full!r}{hint}; valid keys in "
-                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-            )
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _from_dict(tp, {} if value is None else value, f"{full}.")
-        else:
-            kwargs[key] = _coerce(value, tp, full)
-    return cls(**kwargs)
+# ------------------------------------------------------------------- dict <-> config
 
 
 def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
     """Plain YAML/JSON-able dict (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(dataclasses.asdict(cfg))
+    return cfg.model_dump(mode="json")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -301,7 +280,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     apply_overrides(tree, list(overrides or []))
     try:
-        cfg = _from_dict(PretrainConfig, tree, "")
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config: expected a mapping; got {tree!r}")
+        try:
+            cfg = PretrainConfig.model_validate(tree)
+        except ValidationError as e:
+            raise _config_error(e) from None
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
@@ -309,7 +293,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    from rsfm_core.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 # ----------------------------------------------------------------- checks and DeepSpeed

@@ -1,6 +1,6 @@
 """The pretraining engine: student/teacher on DeepSpeed, one optimizer step at a time.
 
-Per micro-batch (:class:`~rsfm_train.views.ViewPair`): view 1 -> student (encoder +
+Per micro-batch (:class:`~rsfm_train.data.views.ViewPair`): view 1 -> student (encoder +
 projection heads, through the DeepSpeed engine), view 2 -> EMA teacher (no grad); the
 projected features, token correspondence and validity fill a ``ContrastiveInputs``;
 ``ContrastiveLoss`` gives the loss; ``engine.backward``; ``engine.step``. After each
@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+
+from rsfm_core.files import atomic_write_text
 
 from . import dist
 from .checkpoint import TrainState, find_latest, load_checkpoint, save_checkpoint
@@ -146,7 +148,7 @@ def write_run_metadata(
     """Resolved config (YAML), DeepSpeed JSON, git revision and the encoder's config."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "ds_config.json").write_text(json.dumps(ds_json, indent=2), encoding="utf-8")
+    atomic_write_text(run_dir / "ds_config.json", json.dumps(ds_json, indent=2))
     rev = {**git_revision(), "torch": torch.__version__}
     try:
         import deepspeed
@@ -154,9 +156,9 @@ def write_run_metadata(
         rev["deepspeed"] = deepspeed.__version__
     except ImportError:  # pragma: no cover - the engine needs it anyway
         pass
-    (run_dir / "git.json").write_text(json.dumps(rev, indent=2), encoding="utf-8")
+    atomic_write_text(run_dir / "git.json", json.dumps(rev, indent=2))
     enc = {"format": "rsfm-encoder-config", "config": encoder.config.to_dict()}
-    (run_dir / "encoder_config.json").write_text(json.dumps(enc, indent=2), encoding="utf-8")
+    atomic_write_text(run_dir / "encoder_config.json", json.dumps(enc, indent=2))
 
 
 # ------------------------------------------------------------------ student module
@@ -252,7 +254,7 @@ def complete_view(
     ZeRO-3 the student always sees every modality; a dropped one is all-invalid, which the
     encoder treats exactly like an absent one (its frames are skipped and masked, and its
     tokens are invalid for the losses)."""
-    from rsfm_core.data import ModalityData
+    from rsfm_core.sample import ModalityData
 
     missing = [n for n in names if n not in view]
     if not missing:

@@ -92,7 +92,7 @@ def embed_scenes(
     encoder: torch.nn.Module, scenes: Sequence[LabelledScene], batch: int = 4
 ) -> TokenEmbeddings:
     """Run the frozen ``encoder`` on whole scenes (all dates) and flatten valid tokens."""
-    from rsfm_core.data import collate
+    from rsfm_core.sample import collate
 
     was_training = encoder.training
     encoder.eval()

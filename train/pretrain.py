@@ -65,7 +65,7 @@ def run_pretrain(
     try:
         position = trainer.load(ckpt) if ckpt is not None else None
         if loader_factory is None:
-            from .data import make_loader as loader_factory
+            from .data.loader import make_loader as loader_factory
         loader = loader_factory(cfg, trainer.rank, trainer.world, cfg.run.seed, start=position)
         return trainer.fit(loader, max_steps=max_steps)
     finally:

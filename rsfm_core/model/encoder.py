@@ -11,7 +11,6 @@ inference with region-global positions).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,8 +19,9 @@ import torch.nn as nn
 from einops import rearrange
 
 from .. import sensors as _sensors
-from ..data import ModalityData
+from ..sample import ModalityData
 from .blocks import Attention, init_weights
+from .checkpoint import PretrainedMixin
 from .config import ModelConfig
 from .fusion import FusionEncoder, masked_mean
 from .patch_embed import BandSet, SpectralPatchEmbed, make_band_set
@@ -112,7 +112,7 @@ def _outputs(
     )
 
 
-class RSFMEncoder(nn.Module):
+class RSFMEncoder(PretrainedMixin, nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -233,17 +233,3 @@ class RSFMEncoder(nn.Module):
             {n: spatial[n][1][j].view(*shapes[n], -1) for n in data} for j in range(len(keep))
         ]
         return _outputs(fused, loc_valid, feats, valids, layers if keep else None, (h, w))
-
-    # ------------------------------------------------------------------ persistence
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> RSFMEncoder:
-        """Same as :func:`rsfm_core.model.load_pretrained`."""
-        from .io import load_pretrained
-
-        return load_pretrained(path, **kwargs)
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``config.json`` + ``model.safetensors`` to the folder ``path``."""
-        from .io import save_pretrained
-
-        save_pretrained(self, path)

@@ -10,6 +10,7 @@ and is counted once. A test checks the count against ``FlopCounterMode`` on rsfm
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,18 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 def build_model(name: str, **overrides: Any) -> RSFMEncoder:
     """A freshly initialised :class:`RSFMEncoder` of the registered size ``name``."""
     return RSFMEncoder(get_config(name, **overrides))
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    verify: str = "auto",
+    **overrides: Any,
+) -> RSFMEncoder:
+    """An :class:`RSFMEncoder` from a checkpoint folder (``config.json`` +
+    ``model.safetensors``), verified (:func:`rsfm_core.model.checkpoint.load_checkpoint`),
+    in eval mode. ``overrides`` replace runtime fields of the stored config."""
+    return RSFMEncoder.from_pretrained(path, device, verify, **overrides)
 
 
 # ---------------------------------------------------------------------------- sizes
@@ -129,6 +142,7 @@ __all__ = [
     "default_modalities",
     "get_config",
     "list_models",
+    "load_pretrained",
     "model_stats",
     "register_model",
 ]

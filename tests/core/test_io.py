@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from rsfm_core import io
-from rsfm_core.data import Grid, to_days
 from rsfm_core.io import RasterError, read_modality, read_sample, tiles, write_geotiff
+from rsfm_core.sample import Grid, to_days
 from rsfm_core.sensors import get
 
 S2 = get("sentinel2_l1c").band_names  # B01..B08, B8A, B09..B12

@@ -38,7 +38,9 @@ def test_sentinel2_values_and_order():
     assert "B10" not in S.get("sentinel2_l2a").band_names
     # post-2022 baseline: reflectance = (DN - 1000) / 10000
     pb04 = S.get("sentinel2_l2a_pb04")
-    assert pb04.to_physical(np.array([1000, 3000], np.uint16)) == pytest.approx([0.0, 0.2], abs=1e-6)
+    assert pb04.to_physical(np.array([1000, 3000], np.uint16)) == pytest.approx(
+        [0.0, 0.2], abs=1e-6
+    )
     centres = [b.center_nm for b in l1c.bands]
     assert all(400 < c < 2500 for c in centres)
 
@@ -60,7 +62,9 @@ def test_sar_linear_converts_to_db():
 
 def test_landsat_scale_offset_and_round_trip():
     ls = S.get("landsat8_oli")
-    assert ls.to_physical(np.array([7273], np.uint16))[0] == pytest.approx(7273 * 2.75e-5 - 0.2, abs=1e-6)
+    assert ls.to_physical(np.array([7273], np.uint16))[0] == pytest.approx(
+        7273 * 2.75e-5 - 0.2, abs=1e-6
+    )
     refl = np.array([0.05, 0.3], np.float32)
     dn = ls.from_physical(refl, np.uint16)
     assert ls.to_physical(dn) == pytest.approx(refl, abs=3e-5)
@@ -114,7 +118,11 @@ def test_errors_are_clear():
     with pytest.raises(SensorError, match="duplicated band names"):
         Sensor("dup", (Band("a", center_nm=500.0), Band("a", center_nm=600.0)), "optical")
     with pytest.raises(SensorError, match="mixes SAR and optical"):
-        Sensor("mix", (Band("a", center_nm=500.0), Band("VV", polarization="VV", frequency_ghz=5.4)), "optical")
+        Sensor(
+            "mix",
+            (Band("a", center_nm=500.0), Band("VV", polarization="VV", frequency_ghz=5.4)),
+            "optical",
+        )
     with pytest.raises(SensorError, match="unknown sensor 'sentinel3'.*sentinel2_l2a"):
         S.get("sentinel3")
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from rsfm_core import io as rio_
-from rsfm_core import landcover, sensors
+from rsfm_core import sensors
 from rsfm_core import synthetic as sy
-from rsfm_core.data import to_days
+from rsfm_core.sample import to_days
+from rsfm_core.synthetic import landcover
 
 SPRING, SUMMER = "2021-03-20", "2021-06-20"
 

@@ -14,8 +14,8 @@ import torch
 from affine import Affine
 
 import rsfm_core as rs
-from rsfm_core.data import ModalityData
 from rsfm_core.model import EncoderOutput, ModalityConfig, ModelConfig
+from rsfm_core.sample import ModalityData
 
 MODS = {"s2": ModalityConfig("sentinel2_l2a", 4), "s1": ModalityConfig("sentinel1_grd", 4)}
 MICRO = dict(dim=16, depth=1, heads=2, fusion_depth=1, hyper_dim=8, modalities=MODS)

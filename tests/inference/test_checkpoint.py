@@ -9,13 +9,8 @@ import pytest
 import torch
 
 import rsfm_core as rs
-from rsfm_core.pretrained import (
-    SIDECAR_NAME,
-    CheckpointError,
-    read_header,
-    sha256_file,
-    write_checksum,
-)
+from rsfm_core.files import sha256_file
+from rsfm_core.model.checkpoint import SIDECAR_NAME, CheckpointError, read_header, write_checksum
 
 from .conftest import inputs_of, micro_embedder, read_cog
 

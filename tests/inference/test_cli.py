@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rsfm_core.cli import main
-from rsfm_core.embed_sources import RasterInput
+from rsfm_core.inference import RasterInput
 
 from .conftest import S2_DATES, micro_embedder, read_cog
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from rsfm_core.data import Grid
-from rsfm_core.embed_dist import plan_bands
-from rsfm_core.embed_sources import make_layout
+from rsfm_core.inference.distributed import plan_bands
+from rsfm_core.inference.tiles import make_layout
+from rsfm_core.sample import Grid
 
 from .conftest import inputs_of, read_cog
 

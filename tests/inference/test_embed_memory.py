@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rsfm_core as rs
-from rsfm_core.data import Grid, ModalityData
+from rsfm_core.sample import Grid, ModalityData
 
 from .conftest import micro_embedder, smooth
 

@@ -14,7 +14,7 @@ import shapely
 import torch
 from affine import Affine
 
-from rsfm_core.embed_sources import MissingInputWarning
+from rsfm_core.inference import MissingInputWarning
 
 from .conftest import inputs_of, read_cog, read_whole
 

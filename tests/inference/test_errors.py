@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import rsfm_core as rs
-from rsfm_core.embed_sources import MissingInputWarning
+from rsfm_core.inference import MissingInputWarning
 from rsfm_core.io import RasterError
 
 from .conftest import S2_DATES, inputs_of, smooth, write_tif
@@ -121,7 +121,7 @@ def test_failure_midway_leaves_no_complete_looking_output(
 
     monkeypatch.setattr(micro.model, "forward", flaky)
     if fail_at == "finalize":
-        import rsfm_core.geoparquet as gp
+        import rsfm_core.io.geoparquet as gp
 
         monkeypatch.setattr(
             gp.ChipWriter, "finish", lambda *a: (_ for _ in ()).throw(Boom("disk full"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsfm_core.data import Grid
-from rsfm_core.embed_sources import make_layout
-from rsfm_core.stitching import RowBlender, ramp, tile_weights
+from rsfm_core.inference.stitching import RowBlender, ramp, tile_weights
+from rsfm_core.inference.tiles import make_layout
+from rsfm_core.sample import Grid
 
 
 @pytest.mark.parametrize("n,o", [(16, 4), (8, 1), (10, 0), (6, 3)])

@@ -18,7 +18,7 @@ chosen = dispatch.select("attention", inputs).name
 reasons = {b.name: b.not_supported_reasons(inputs) for b in dispatch.backends("attention")}
 model = rs.model.build_model("rsfm_tiny").eval()
 px = torch.rand(1, 1, 12, 16, 16)
-from rsfm_core.data import ModalityData
+from rsfm_core.sample import ModalityData
 s2 = ModalityData(px, torch.ones(1, 1, 16, 16, dtype=torch.bool), torch.zeros(1, 1),
                   "sentinel2_l2a", rs.sensors.get("sentinel2_l2a").band_names)
 with torch.no_grad():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rsfm_core import sensors
-from rsfm_core.data import ModalityData
 from rsfm_core.model import RSFMEncoder, build_model
+from rsfm_core.sample import ModalityData
 
 MICRO = dict(dim=32, depth=2, heads=2, fusion_depth=2, hyper_dim=16)
 

@@ -23,7 +23,9 @@ def test_triton_and_reference_attention_agree_in_the_model():
         out = model(batch)
         (out.dense.square().sum() + out.pooled.sum()).backward()
         outs[backend] = out
-        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads[backend] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
     ref, fused = outs["reference"], outs["triton"]
     assert torch.equal(ref.valid, fused.valid)
     torch.testing.assert_close(fused.dense, ref.dense, rtol=1e-4, atol=1e-4)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from rsfm_core import sensors
-from rsfm_core.data import ModalityData, to_days
 from rsfm_core.model import EncoderOutput, build_model
+from rsfm_core.sample import ModalityData, to_days
 
 
 def _tiny(**overrides):

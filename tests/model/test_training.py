@@ -10,8 +10,8 @@ import pytest
 import torch
 from rsfm_kernels import dispatch
 
+from rsfm_core.files import sha256_file
 from rsfm_core.model import build_model, load_pretrained
-from rsfm_core.pretrained import sha256_file
 
 from .conftest import make_modality, micro_model
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 from rsfm_train.config import load_config
 from rsfm_train.data import DataError, DataPosition, make_loader
-from rsfm_train.prepare import (
+from rsfm_train.data.prepare import (
     PrepareOptions,
     add_prepare_parser,
     prepare_manifest,
     prepare_synthetic,
     synthetic_scenes,
 )
-from rsfm_train.shards import decode_sample, read_shards, verify_shards
+from rsfm_train.data.shards import decode_sample, read_shards, verify_shards
 
 N_SCENES, SIZE, CHIP = 4, 32, 16  # 4 scenes x 4 chips = 16 samples, 2 per shard
 

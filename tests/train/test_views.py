@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rsfm_train.views import (
+from rsfm_train.data.views import (
     ViewSpec,
     choose_dates,
     collate_views,
@@ -16,7 +16,7 @@ from rsfm_train.views import (
     token_grid,
 )
 
-from rsfm_core.data import Grid, ModalityData
+from rsfm_core.sample import Grid, ModalityData
 
 TOKEN_M = 40.0  # every modality's token covers 40 m
 

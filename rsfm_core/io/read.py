@@ -1,6 +1,4 @@
-"""GeoTIFF reading and writing (rasterio): modalities on one grid, validity, windows, tiles.
-
-Reading (details, tables and examples in docs/io.md):
+"""Reading modalities from GeoTIFFs onto one grid: :func:`read_modality`, :func:`read_sample`.
 
 - :func:`read_modality` reads one sensor's files of one place — one entry per date, each
   a file or a list of band-group files — into an unbatched :class:`ModalityData`:
@@ -16,172 +14,51 @@ Reading (details, tables and examples in docs/io.md):
 - :func:`read_sample` reads several modalities onto one ground grid; a modality whose
   pixels are a whole multiple of the reference pixel keeps them when that divides the
   window (same extent, fewer pixels), else it is resampled onto the reference grid.
-- :func:`open_info` (cheap metadata), :func:`block_windows` (block-aligned read windows)
-  and :func:`tiles` (overlapping tiles with owned cores) serve streaming inference.
+- :func:`block_windows` gives block-aligned read windows for streaming.
 
-Writing: writers keep the source CRS/transform, nodata, band descriptions and tags;
-``cog=True`` writes a Cloud-Optimized GeoTIFF (internal tiles + overviews) through GDAL's
-COG driver. Files are written to a temporary name in the target folder and renamed when
-complete, so a partial file never looks finished.
-
-Every bad input raises :class:`RasterError` naming the file and saying what to do.
+Every bad input raises :class:`RasterError` naming the file and saying what to do; the
+per-file work (opening, band identification, warping, checks) is in :mod:`.raster`.
+Details, tables and examples: docs/io.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import sensors
-from .data import Grid, ModalityData
+from .. import sensors
+from ..sample import Grid, ModalityData
+from ..sensors import Sensor, SensorError
 from .raster import (
-    DATE_TAGS,
-    RESAMPLING,
     FileMeta,
     RasterError,
     ReadHow,
-    affine_of,
     check_against,
     check_dtype,
     check_scaled,
     dates_for,
     file_bands,
-    grid_from_dataset,
     normalise_bands,
     normalise_paths,
     open_info,
     read_onto,
 )
-from .sensors import Sensor, SensorError
-from .tiling import Tile, Window, block_aligned_windows, same_crs, tiles
+from .tiling import Window, block_aligned_windows, same_crs
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DATE_TAGS",
-    "RESAMPLING",
-    "RasterError",
-    "Tile",
-    "affine_of",
-    "block_windows",
-    "grid_from_dataset",
-    "open_info",
-    "read_modality",
-    "read_sample",
-    "tiles",
-    "write_geotiff",
-]
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def write_geotiff(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    grid: Grid,
-    *,
-    nodata: float | None = None,
-    band_descriptions: Sequence[str] | None = None,
-    tags: Mapping[str, object] | None = None,
-    band_tags: Sequence[Mapping[str, object]] | None = None,
-    cog: bool = False,
-    compress: str = "deflate",
-    blocksize: int = 256,
-) -> Path:
-    """Write ``array`` ``[C, H, W]`` (or ``[H, W]``) on ``grid`` to a GeoTIFF (or COG).
-
-    Written to a temporary file in the same folder and renamed on success.
-    """
-    import rasterio
-
-    path = Path(path)
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise RasterError(f"{path}: write_geotiff needs [C, H, W] or [H, W], got shape {arr.shape}")
-    c, h, w = arr.shape
-    if (h, w) != (grid.height, grid.width):
-        raise RasterError(f"{path}: array is {h}x{w} but the grid is {grid.height}x{grid.width}")
-    if band_descriptions is not None and len(band_descriptions) != c:
-        raise RasterError(f"{path}: {len(band_descriptions)} band descriptions for {c} bands")
-    if not path.parent.exists():
-        raise RasterError(f"{path}: folder {path.parent} does not exist; create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise RasterError(
-            f"{path}: folder {path.parent} is not writable; choose another output path"
-        )
-    profile = {
-        "driver": "GTiff",
-        "height": h,
-        "width": w,
-        "count": c,
-        "dtype": arr.dtype.name if arr.dtype != np.bool_ else "uint8",
-        "crs": grid.crs,
-        "transform": affine_of(grid),
-        "nodata": nodata,
-        "compress": compress,
-    }
-    if not cog and h >= blocksize and w >= blocksize:
-        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        target = tmp + ".gtiff" if cog else tmp
-        with rasterio.open(target, "w", **profile) as ds:
-            ds.write(arr.astype(profile["dtype"], copy=False))
-            if band_descriptions is not None:
-                for i, d in enumerate(band_descriptions, start=1):
-                    ds.set_band_description(i, str(d))
-            if tags:
-                ds.update_tags(**{k: str(v) for k, v in tags.items()})
-            if band_tags:
-                for i, bt in enumerate(band_tags, start=1):
-                    ds.update_tags(i, **{k: str(v) for k, v in bt.items()})
-        if cog:
-            _translate_to_cog(target, tmp, compress, blocksize)
-            os.remove(target)
-        os.replace(tmp, path)
-    except BaseException:
-        for p in (tmp, tmp + ".gtiff"):
-            if os.path.exists(p):
-                os.remove(p)
-        raise
-    return path
-
-
-def _translate_to_cog(src: str, dst: str, compress: str, blocksize: int) -> None:
-    """GDAL's COG driver: tiled layout, overviews, IFDs at the front of the file."""
-    import rasterio
-    from rasterio.shutil import copy as rio_copy
-
-    with rasterio.open(src) as ds:
-        rio_copy(
-            ds,
-            dst,
-            driver="COG",
-            compress=compress.upper(),
-            blocksize=blocksize,
-            overviews="AUTO",
-            resampling="average",
-        )
-
-
-# ---------------------------------------------------------------------------- reading
+__all__ = ["block_windows", "read_modality", "read_sample"]
 
 
 def block_windows(path: str | os.PathLike, target: int = 512) -> list[Window]:
     """Read windows ``(row, col, height, width)`` of ``path`` aligned to its internal
     blocks, each a multiple of the block size near ``target`` pixels a side (see
-    :func:`rsfm_core.tiling.block_aligned_windows`)."""
+    :func:`rsfm_core.io.tiling.block_aligned_windows`)."""
     info = open_info(path)
     g = info["grid"]
     return block_aligned_windows(g.height, g.width, info["block_shape"], target)

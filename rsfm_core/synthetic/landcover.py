@@ -10,7 +10,7 @@
 - **Classes**: each land cover is a linear mixture of endmembers whose fractions follow a
   day-of-year phenology (northern mid-latitudes), and has a C-band (VV, VH) backscatter
   of its ground and of a dense vegetation volume, combined by the water-cloud model
-  (Attema & Ulaby 1978) in :mod:`rsfm_core.synthetic`.
+  (Attema & Ulaby 1978) in :mod:`rsfm_core.synthetic.scene`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import sensors as _sensors
+from .. import sensors as _sensors
 
 # ---------------------------------------------------------------------------- spectra
 

@@ -1,37 +1,38 @@
-"""Embedding outputs: the streamed intermediate, the dense COG, GeoParquet chips, numpy.
+"""Raster writers: GeoTIFF/COG files, and the embedding products' streamed intermediate.
 
-A run first streams finished token rows into an *intermediate*: an uncompressed,
-tiled, sparse float32 GeoTIFF on the token grid (NaN = nodata) plus a uint16 mask of
-which modalities were valid, both hidden temporaries next to the outputs (uncompressed
-so that windowed row writes never rewrite compressed blocks). :func:`finalize` then
-reads it strip by strip (bounded memory) and writes every requested output under a
-temporary name, renaming each only when it is complete:
+- :func:`write_geotiff` writes an array on a grid as a GeoTIFF or, with ``cog=True``, a
+  Cloud-Optimized GeoTIFF (internal tiles + overviews, through GDAL's COG driver); the
+  CRS/transform, nodata, band descriptions and tags are kept.
+- The embedder streams finished token rows into an *intermediate* (:class:`TiffSink`):
+  an uncompressed, tiled, sparse float32 GeoTIFF on the token grid (NaN = nodata) plus a
+  uint16 mask of which modalities were valid (uncompressed so that windowed row writes
+  never rewrite compressed blocks). :func:`scan` reads it back strip by strip (bounded
+  memory) and :func:`write_cog` / :func:`write_npz` turn it into the products:
 
-- dense map: Cloud-Optimized GeoTIFF through GDAL's COG driver (internal tiles,
-  overviews by averaging, DEFLATE), one band per feature, in the source CRS with the
-  transform scaled to the token grid (or warped bilinearly to the pixel grid), as
-  float32, float16 (``NBITS=16`` half floats) or int8 (per-band linear quantisation,
-  ``value = q * scale + offset``, stored as GDAL band scale/offset and in tags; -128 is
-  nodata);
-- chips: GeoParquet 1.1 (see :mod:`rsfm_core.geoparquet`);
-- ``.npz``: ``embedding`` (D, h, w), ``valid``, ``transform``, ``crs`` and the chips.
+  - dense map: COG (DEFLATE, overviews by averaging), one band per feature, in the
+    source CRS with the transform scaled to the token grid (or warped bilinearly to the
+    pixel grid), as float32, float16 (``NBITS=16`` half floats) or int8 (per-band linear
+    quantisation, ``value = q * scale + offset``, stored as GDAL band scale/offset and in
+    tags; -128 is nodata);
+  - ``.npz``: ``embedding`` (D, h, w), ``valid``, ``transform``, ``crs`` and the chips.
+
+Every file is written under a temporary name and renamed only when complete
+(:mod:`rsfm_core.files`); GeoParquet chips are in :mod:`.geoparquet`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .data import Grid
-from .io import RasterError
-from .raster import affine_of
-from .stitching import Rows
+from ..files import atomic_path, remove_quietly, temp_path
+from ..sample import Grid
+from .raster import RasterError, affine_of
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,103 @@ def check_writable(path: str | os.PathLike | None) -> Path | None:
     return p
 
 
-def temp_path(near: Path, tag: str, suffix: str) -> Path:
-    """A hidden temporary file next to ``near`` (same filesystem: rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{near.name}.{tag}.", suffix=suffix, dir=near.parent)
-    os.close(fd)
-    return Path(tmp)
+# ---------------------------------------------------------------------------- GeoTIFF
 
 
-def remove_quietly(*paths) -> None:
-    for p in paths:
-        if p is not None and os.path.exists(p):
-            os.remove(p)
+def write_geotiff(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    grid: Grid,
+    *,
+    nodata: float | None = None,
+    band_descriptions: Sequence[str] | None = None,
+    tags: Mapping[str, object] | None = None,
+    band_tags: Sequence[Mapping[str, object]] | None = None,
+    cog: bool = False,
+    compress: str = "deflate",
+    blocksize: int = 256,
+) -> Path:
+    """Write ``array`` ``[C, H, W]`` (or ``[H, W]``) on ``grid`` to a GeoTIFF (or COG).
+
+    Written to a temporary file in the same folder and renamed on success.
+    """
+    import rasterio
+
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise RasterError(f"{path}: write_geotiff needs [C, H, W] or [H, W], got shape {arr.shape}")
+    c, h, w = arr.shape
+    if (h, w) != (grid.height, grid.width):
+        raise RasterError(f"{path}: array is {h}x{w} but the grid is {grid.height}x{grid.width}")
+    if band_descriptions is not None and len(band_descriptions) != c:
+        raise RasterError(f"{path}: {len(band_descriptions)} band descriptions for {c} bands")
+    check_writable(path)
+    profile = {
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": c,
+        "dtype": arr.dtype.name if arr.dtype != np.bool_ else "uint8",
+        "crs": grid.crs,
+        "transform": affine_of(grid),
+        "nodata": nodata,
+        "compress": compress,
+    }
+    if not cog and h >= blocksize and w >= blocksize:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    with atomic_path(path) as tmp:
+        if cog:  # plain tiled GeoTIFF first, then GDAL's COG driver lays it out
+            plain = temp_path(path, "gtiff", ".tif")
+            try:
+                _write_plain(plain, arr, profile, band_descriptions, tags, band_tags)
+                with rasterio.open(plain) as ds:
+                    cog_copy(ds, tmp, compress, blocksize)
+            finally:
+                remove_quietly(plain)
+        else:
+            _write_plain(tmp, arr, profile, band_descriptions, tags, band_tags)
+    return path
+
+
+def _write_plain(path, arr, profile, band_descriptions, tags, band_tags) -> None:
+    import rasterio
+
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(arr.astype(profile["dtype"], copy=False))
+        if band_descriptions is not None:
+            for i, d in enumerate(band_descriptions, start=1):
+                ds.set_band_description(i, str(d))
+        if tags:
+            ds.update_tags(**{k: str(v) for k, v in tags.items()})
+        if band_tags:
+            for i, bt in enumerate(band_tags, start=1):
+                ds.update_tags(i, **{k: str(v) for k, v in bt.items()})
+
+
+def _overviews(h: int, w: int, block: int) -> dict:
+    """GDAL's AUTO levels (halve until one block holds the image), but at least one level
+    for images of 16 px and more, so that small maps have a preview too."""
+    levels, side = 0, max(h, w)
+    while side > block:
+        side, levels = side / 2, levels + 1
+    if levels == 0 and max(h, w) >= 16:
+        levels = 1
+    return {"overview_count": levels} if levels else {"overviews": "NONE"}
+
+
+def cog_copy(src, dst: str | os.PathLike, compress: str, blocksize: int, **extra) -> None:
+    """Copy the open dataset ``src`` to ``dst`` with GDAL's COG driver: internal tiles,
+    overviews by averaging, IFDs at the front of the file."""
+    from rasterio.shutil import copy as rio_copy
+
+    rio_copy(
+        src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
+        resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+        **_overviews(src.height, src.width, blocksize), **extra,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- intermediate
@@ -87,7 +174,8 @@ def create_intermediate(path: Path, grid: Grid, dim: int, dtype: str, nodata) ->
 
 
 class TiffSink:
-    """Writes flushed :class:`Rows` into the intermediate pair with windowed writes."""
+    """Writes flushed token rows (``rows.row``, ``rows.dense`` (D, n, w), ``rows.bits``
+    (n, w); :class:`rsfm_core.inference.stitching.Rows`) into the intermediate pair."""
 
     def __init__(self, data: Path, mask: Path, grid: Grid, dim: int, create: bool = True):
         import rasterio
@@ -98,7 +186,7 @@ class TiffSink:
         self.data = rasterio.open(data, "r+")
         self.mask = rasterio.open(mask, "r+")
 
-    def write(self, rows: Rows) -> None:
+    def write(self, rows) -> None:
         from rasterio.windows import Window
 
         n, w = rows.bits.shape
@@ -222,17 +310,6 @@ def _to_pixels(src: Path, dst: Path, pixel_grid: Grid) -> None:
         )  # fmt: skip
 
 
-def _overviews(h: int, w: int, block: int) -> dict:
-    """GDAL's AUTO levels (halve until one block holds the image), but at least one level
-    for images of 16 px and more, so that small maps have a preview too."""
-    levels, side = 0, max(h, w)
-    while side > block:
-        side, levels = side / 2, levels + 1
-    if levels == 0 and max(h, w) >= 16:
-        levels = 1
-    return {"overview_count": levels} if levels else {"overviews": "NONE"}
-
-
 @dataclass(frozen=True)
 class CogSpec:
     dtype: str = "float16"  # float16 | float32 | int8
@@ -246,11 +323,9 @@ def write_cog(
 ) -> Path:
     """The dense COG from the intermediate ``data`` into ``out`` (a temporary name next
     to the final output; the caller renames it, or removes it on failure)."""
-    dst = out
     import rasterio
-    from rasterio.shutil import copy as rio_copy
 
-    temps, src = [], data
+    dst, temps, src = out, [], data
     try:
         if spec.resolution == "pixel":
             src = temp_path(dst, "px", ".tif")
@@ -272,11 +347,7 @@ def write_cog(
             for i in range(1, ds.count + 1):
                 ds.set_band_description(i, f"emb_{i - 1:03d}")
         with rasterio.open(src) as s:
-            rio_copy(
-                s, out, driver="COG", compress=spec.compress.upper(), blocksize=spec.blocksize,
-                resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
-                **_overviews(s.height, s.width, spec.blocksize), **extra,
-            )  # fmt: skip
+            cog_copy(s, out, spec.compress, spec.blocksize, **extra)
         return out
     finally:
         remove_quietly(*temps)

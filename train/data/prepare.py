@@ -17,7 +17,7 @@ Sources:
   resampling, ...); relative paths are relative to the YAML file; dates default to the
   files' tags. Modality names must be the model's (s2, s1, hs, rgb, ...).
 
-Output: ``shard-000000.tar, ...`` (see :mod:`rsfm_train.shards` for the sample format)
+Output: ``shard-000000.tar, ...`` (see :mod:`rsfm_train.data.shards` for the sample format)
 and ``manifest.json`` (modalities with sensor and bands, scenes with grid and dates, per
 shard sample count, size and sha256), written last so a folder with a manifest is
 complete. Chips pass through a seeded shuffle buffer (``--buffer-mb``) so that a shard
@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from rsfm_core.data import Grid, ModalityData, from_days
+from rsfm_core.files import atomic_write_text, commit, sha256_file
+from rsfm_core.sample import Grid, ModalityData, from_days
 
 from .shards import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     encode_sample,
     grid_dict,
-    sha256_file,
     verify_shards,
 )
 
@@ -152,7 +152,7 @@ def _resolve_paths(paths: Any, base: Path) -> Any:
 def _reference_grid(entries: Mapping[str, Mapping]) -> Grid:
     """The finest file grid (first file's CRS wins ties), as ``read_sample`` chooses it."""
     from rsfm_core.io import open_info
-    from rsfm_core.tiling import same_crs
+    from rsfm_core.io.tiling import same_crs
 
     files = []
     for e in entries.values():
@@ -246,7 +246,7 @@ class _ShardWriter:
             return
         self._tar.close()
         final = self.opts.out / self._name
-        os.replace(self._partial, final)
+        commit(self._partial, final)
         self.shards.append(
             {
                 "name": self._name,
@@ -341,9 +341,7 @@ def write_shards(
         "shards": writer.shards,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = opts.out / f".{MANIFEST_NAME}.partial"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, opts.out / MANIFEST_NAME)
+    atomic_write_text(opts.out / MANIFEST_NAME, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -1,33 +1,49 @@
-"""Verified loading of user checkpoints (``config.json`` + ``model.safetensors``) for
-inference: never unpickles, and checks the weights file before trusting it.
+"""Checkpoints for users: ``config.json`` + ``model.safetensors``, never a pickle. The one
+implementation of saving, verified loading and checksums, used by every entry point
+(``model.save_pretrained``, ``rs.load_pretrained``, ``RSFMEncoder.from_pretrained``,
+``rs.Embedder.from_pretrained``, ``rsfm embed``, ``rsfm eval``, the pretraining export).
 
-Checks, in order (each failure is a :class:`CheckpointError` naming the file):
+Format: ``config.json`` holds ``{"format": "rsfm-encoder", "format_version": 1,
+"rsfm_version", "weights_sha256", "config": ModelConfig.to_dict()}``; the config carries the
+sensors (band descriptors and normalisation statistics), so a loaded model needs nothing
+from the live registry. ``weights_sha256`` is the SHA-256 of ``model.safetensors``. Both
+files are written atomically (:mod:`rsfm_core.files`), the weights first and
+``config.json`` last, so a partial save never looks complete.
 
-1. ``config.json`` parses as an rsfm encoder config (``rsfm_core.model.read_config``).
+Loading (:func:`load_checkpoint`) checks, in order (each failure is a
+:class:`CheckpointError` naming the file):
+
+1. ``config.json`` parses as an rsfm encoder config.
 2. The SHA-256 of ``model.safetensors`` equals the recorded one: ``weights_sha256`` in
-   ``config.json`` (written by ``save_pretrained``) if present, else the sidecar
-   ``model.safetensors.sha256`` (``sha256sum`` format, written by :func:`write_checksum`).
-   With none recorded the digest is computed, logged and carried into the outputs' tags,
-   and a warning says the file could not be verified (``verify="strict"`` makes that an
-   error).
-3. The safetensors header is well formed (length, JSON, dtypes, contiguous in-bounds
-   data offsets that match each shape: catches truncation) and every tensor's name,
-   shape and dtype class match what the config builds.
+   ``config.json`` if present, else the sidecar ``model.safetensors.sha256``
+   (``sha256sum`` format, written by :func:`write_checksum`). With none recorded the digest
+   is computed, logged and carried into the outputs' tags, and a warning says the file
+   could not be verified (``verify="strict"`` makes that an error).
+3. The safetensors header is well formed (length, JSON, dtypes, contiguous in-bounds data
+   offsets that match each shape: catches truncation) and every tensor's name, shape and
+   dtype class match what the config builds.
 4. ``load_state_dict(strict=True)``.
+
+The model class is a parameter (``build``), so this module sits below the encoder:
+:class:`PretrainedMixin` gives the encoder ``save_pretrained``/``from_pretrained``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from ..files import atomic_write, atomic_write_text, sha256_file
+from .config import FORMAT, FORMAT_VERSION, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +75,40 @@ class CheckpointInfo:
     verified: bool
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# ---------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model.safetensors``, then ``config.json`` with its SHA-256, into the folder
+    ``path`` (created). ``model`` needs ``state_dict()`` and ``config`` (a ModelConfig)."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), {"format": "pt"}))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rsfm_version": __version__,
+        "weights_sha256": sha256_file(path / WEIGHTS_NAME),  # of the file as renamed into place
+        "config": model.config.to_dict(),
+    }
+    atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    return path
 
 
 def write_checksum(folder: str | os.PathLike) -> str:
     """Record the SHA-256 of ``folder/model.safetensors`` in the sidecar file; returns it."""
     folder = Path(folder)
     digest = sha256_file(folder / WEIGHTS_NAME)
-    (folder / SIDECAR_NAME).write_text(f"{digest}  {WEIGHTS_NAME}\n", encoding="utf-8")
+    atomic_write_text(folder / SIDECAR_NAME, f"{digest}  {WEIGHTS_NAME}\n")
     return digest
+
+
+# ---------------------------------------------------------------------------- loading
 
 
 def resolve_folder(path: str | os.PathLike) -> Path:
@@ -171,11 +207,11 @@ def _verify_digest(folder: Path, meta: dict, verify: str) -> tuple[str, bool]:
         if verify == "strict":
             raise CheckpointError(
                 f"{weights}: no recorded SHA-256 (config.json 'weights_sha256' or {SIDECAR_NAME}); "
-                "record one with rsfm_core.pretrained.write_checksum(folder)"
+                "record one with rsfm_core.model.checkpoint.write_checksum(folder)"
             )
         log.warning(
             "%s: no recorded SHA-256 to verify against; sha256=%s (record it with "
-            "rsfm_core.pretrained.write_checksum)", weights, digest,
+            "rsfm_core.model.checkpoint.write_checksum)", weights, digest,
         )  # fmt: skip
         return digest, False
     if digest != expected:
@@ -186,28 +222,67 @@ def _verify_digest(folder: Path, meta: dict, verify: str) -> tuple[str, bool]:
     return digest, True
 
 
-def load_verified(
-    path: str | os.PathLike, device: torch.device | str = "cpu", verify: str = "auto"
-) -> tuple[torch.nn.Module, CheckpointInfo]:
-    """Load an encoder checkpoint after the checks in the module docstring; ``verify``:
-    ``"auto"`` (check the digest when one is recorded), ``"strict"`` (require one) or
-    ``"off"`` (skip the digest; header and shape checks still run)."""
-    from safetensors.torch import load_file
+def _read_meta(folder: Path) -> tuple[ModelConfig, dict]:
+    """The stored :class:`ModelConfig` and the raw ``config.json`` of a checkpoint folder."""
+    f = folder / CONFIG_NAME
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: not JSON ({e}); re-export the checkpoint") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{f}: not an rsfm encoder checkpoint (format {fmt!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{f}: format version {meta['format_version']} is newer than this rsfm "
+            f"understands ({FORMAT_VERSION}); upgrade rsfm"
+        )
+    try:
+        return ModelConfig.from_dict(meta["config"]), meta
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{f}: {e}") from None
 
-    from .model import RSFMEncoder, read_config
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a checkpoint folder (or its ``config.json``)."""
+    p = Path(path)
+    folder = p.parent if p.name == CONFIG_NAME else p
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: missing; a checkpoint folder holds {CONFIG_NAME} + "
+            f"{WEIGHTS_NAME}"
+        )
+    return _read_meta(folder)[0]
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    build: Callable[[ModelConfig], torch.nn.Module],
+    device: torch.device | str = "cpu",
+    verify: str = "auto",
+    overrides: dict[str, Any] | None = None,
+) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Build ``build(config)`` and load the checkpoint at ``path`` into it after the checks
+    in the module docstring; returns the model (eval mode, on ``device``) and what the
+    outputs' tags record about it. ``verify``: ``"auto"`` (check the digest when one is
+    recorded), ``"strict"`` (require one) or ``"off"`` (skip the digest; header and shape
+    checks still run). ``overrides`` replace runtime fields of the stored config (e.g.
+    ``attn_backend=None``, ``grad_checkpointing=True``)."""
+    from safetensors.torch import load_file
 
     if verify not in ("auto", "strict", "off"):
         raise ValueError(f"verify must be 'auto', 'strict' or 'off', got {verify!r}")
     folder = resolve_folder(path)
-    try:
-        config = read_config(folder)
-        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from None
+    config, meta = _read_meta(folder)
+    if overrides:
+        try:
+            config = ModelConfig.from_dict({**config.to_dict(), **overrides})
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{folder / CONFIG_NAME}: overrides {overrides}: {e}") from None
     weights = folder / WEIGHTS_NAME
     digest, verified = ("", False) if verify == "off" else _verify_digest(folder, meta, verify)
     header = read_header(weights)
-    model = RSFMEncoder(config)
+    model = build(config)
     check_against_model(weights, header, model)
     model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     info = CheckpointInfo(
@@ -218,3 +293,21 @@ def load_verified(
         verified=verified,
     )
     return model.to(device).eval(), info
+
+
+class PretrainedMixin:
+    """``save_pretrained``/``from_pretrained`` for a module built from a ``ModelConfig``
+    (``cls(config)``) that keeps it as ``self.config``."""
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the folder ``path``."""
+        return save_checkpoint(self, path)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu", verify: str = "auto",
+        **overrides: Any,
+    ):  # fmt: skip
+        """Load a folder written by :meth:`save_pretrained` (verified; see
+        :func:`load_checkpoint`); returns the model in eval mode."""
+        return load_checkpoint(path, cls, device, verify, overrides)[0]

@@ -20,7 +20,6 @@ Decisions:
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import logging
@@ -33,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsfm_core.data import Grid, ModalityData
+from rsfm_core.files import sha256_file
+from rsfm_core.sample import Grid, ModalityData
 
 log = logging.getLogger("rsfm_train")
 
@@ -230,14 +230,6 @@ def read_shards(urls: list[str]) -> tuple[list[dict], list[Exception]]:
 
 
 # ---------------------------------------------------------------------------- checksums
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_shards(folder: str | os.PathLike) -> list[str]:

@@ -119,7 +119,7 @@ def block_aligned_windows(
 
 
 # ---------------------------------------------------------------------------- grid geometry
-# Grids here are rsfm_core.data.Grid; CRSs are compared through rasterio (EPSG:n vs WKT).
+# Grids here are rsfm_core.sample.Grid; CRSs are compared through rasterio (EPSG:n vs WKT).
 
 
 def same_crs(a: str | None, b: str | None) -> bool:

@@ -1,9 +1,9 @@
 """Physically plausible synthetic multi-sensor scenes: demo data and test fixtures.
 
 A scene is one place on a UTM grid with a land-cover map of K classes and, per sensor,
-a time series in physical units (:class:`~rsfm_core.data.ModalityData`). The physics
+a time series in physical units (:class:`~rsfm_core.sample.ModalityData`). The physics
 (endmember spectra, class mixtures and phenology, backscatter) is in
-:mod:`rsfm_core.landcover`; this module draws the maps and renders the sensors.
+:mod:`.landcover`; this module draws the maps and renders the sensors.
 
 - **Land cover**: K spatially coherent regions (argmax of K smoothed random fields whose
   biases are fitted to target area shares, sampled through a smooth domain warp so that
@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import sensors as _sensors
-from .data import Grid, ModalityData, from_days, to_days
+from .. import sensors as _sensors
+from ..files import atomic_write_text
+from ..io import write_geotiff
+from ..sample import Grid, ModalityData, from_days, to_days
 from .landcover import (
     CLASS_NAMES,
     ENDMEMBERS,
@@ -558,8 +560,6 @@ def _grid_dict(grid: Grid) -> dict:
 
 def _write_sensor(out: Path, md: ModalityData, tags: dict, **kw) -> dict:
     """One file per date of one sensor; returns its manifest entry (relative paths)."""
-    from .io import write_geotiff
-
     dtype, nodata = file_encoding(md.sensor)
     (out / md.sensor).mkdir(exist_ok=True)
     files, isos = [], []
@@ -589,8 +589,6 @@ def write_scene(
     values, tags ``RSFM_DATE``/``RSFM_SENSOR``, band descriptions = band names, the
     sensor's nodata at invalid pixels), ``labels.tif`` (uint8 class ids) and
     ``manifest.json``. Returns the manifest with absolute paths (stored relative)."""
-    from .io import write_geotiff
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = scene.config
@@ -612,7 +610,7 @@ def write_scene(
         },
         "config": {k: v for k, v in asdict(cfg).items() if k != "dates"},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     log.info("wrote synthetic scene to %s", out)
     return load_manifest(out)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Grid, to_days
-from .sensors import Sensor, SensorError
+from ..sample import Grid, to_days
+from ..sensors import Sensor, SensorError
 from .tiling import grid_bounds, overlaps, pixel_offset, same_crs, source_window
 
 log = logging.getLogger(__name__)

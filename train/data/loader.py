@@ -3,7 +3,7 @@
 ``make_loader(cfg, rank, world_size, seed, start)`` returns an iterable of ViewPairs
 with ``.state() -> DataPosition`` for checkpoints. Samples come from webdataset shards
 (``data.source: shards``, written by ``rsfm prepare``) or from synthetic scenes generated
-on the fly (``data.source: synthetic``); views are cut by :mod:`rsfm_train.views`.
+on the fly (``data.source: synthetic``); views are cut by :mod:`rsfm_train.data.views`.
 
 Streams: each rank runs ``W = max(1, data.workers)`` streams (one per DataLoader worker);
 stream ``s = rank * W + worker`` of ``S = world_size * W`` streams reads a disjoint part of
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rsfm_core.data import ModalityData
+from rsfm_core.sample import ModalityData
 
-from .config import PretrainConfig
+from ..config import PretrainConfig
 from .shards import CorruptSample, ShardList, decode_sample, read_shards, resolve_shards
 from .views import SampleViews, ViewPair, ViewSpec, collate_views, make_views
 

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, embed_dist, writers
-from .data import from_days
-from .embed_sources import RasterSource, missing_report, pixel_area_km2
-from .geoparquet import ChipContext, ChipWriter
-from .io import RasterError
+from .. import __version__
+from ..files import commit, remove_quietly, temp_path
+from ..io import RasterError, writers
+from ..io.geoparquet import ChipContext, ChipWriter
+from ..sample import from_days
+from . import distributed
+from .inputs import missing_report
+from .options import EmbedResult
+from .stream import stream
+from .tiles import RasterSource, pixel_area_km2
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
     try:
         on_chips, npy, npz_chips, chips = [], None, None, None
         if outs.parquet is not None:
-            tmp = writers.temp_path(outs.parquet, "rows", ".parquet")
+            tmp = temp_path(outs.parquet, "rows", ".parquet")
             temps.append(tmp)
             prov = {
                 "model": emb.info.name,
@@ -118,7 +122,7 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
             chips = ChipWriter(tmp, emb.dim, _chip_context(emb, source, chip_tok), prov)
             on_chips.append(chips.write)
         if outs.npz is not None:
-            tmp = writers.temp_path(outs.npz, "npy", ".npy")
+            tmp = temp_path(outs.npz, "npy", ".npy")
             temps.append(tmp)
             dt = np.float32 if opts.dtype == "float32" else np.float16
             shape = (emb.dim, layout.tokens.height, layout.tokens.width)
@@ -130,7 +134,7 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
         for key, path, suffix in (("out", outs.out, ".tif"), ("parquet", outs.parquet, ".parquet"),
                                   ("npz", outs.npz, ".npz")):  # fmt: skip
             if path is not None:
-                finals[key] = writers.temp_path(path, "final", suffix)
+                finals[key] = temp_path(path, "final", suffix)
                 temps.append(finals[key])
         if outs.out is not None:
             spec = writers.CogSpec(opts.dtype, opts.resolution, opts.blocksize, opts.compress)
@@ -143,26 +147,17 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
             extra = npz_chips.arrays(emb.dim, layout.token_px)
             writers.write_npz(finals["npz"], npy, layout.tokens, extra)
             del npy
-        done = [(finals[k], getattr(outs, k)) for k in finals]
-        mode = 0o666 & ~_umask()
-        for tmp, final in done:
-            os.chmod(tmp, mode)  # mkstemp makes 0600; outputs get the usual permissions
-            os.replace(tmp, final)
+        for key in finals:  # all written: now rename each into place
+            commit(finals[key], getattr(outs, key))
     finally:
-        writers.remove_quietly(*temps)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        remove_quietly(*temps)
 
 
 def _merge(parts: list[tuple[Path, Path]], bands, layout, near: Path, dim: int):
     """Rank 0: every band's owned rows from its owner's part into one intermediate."""
     import rasterio
 
-    data, mask = writers.temp_path(near, "data", ".tif"), writers.temp_path(near, "mask", ".tif")
+    data, mask = temp_path(near, "data", ".tif"), temp_path(near, "mask", ".tif")
     writers.create_intermediate(data, layout.tokens, dim, "float32", float("nan"))
     writers.create_intermediate(mask, layout.tokens, 1, "uint16", None)
     with rasterio.open(data, "r+") as d, rasterio.open(mask, "r+") as m:
@@ -174,26 +169,27 @@ def _merge(parts: list[tuple[Path, Path]], bands, layout, near: Path, dim: int):
 
 
 def _compute(emb, source, d, bands, opts, timer, near):
-    part = (writers.temp_path(near, f"part{d.rank}", ".tif"),
-            writers.temp_path(near, f"mask{d.rank}", ".tif"))  # fmt: skip
+    part = (temp_path(near, f"part{d.rank}", ".tif"),
+            temp_path(near, f"mask{d.rank}", ".tif"))  # fmt: skip
     mine = [b for b in bands if b.index % d.world == d.rank]
     try:
         sink = writers.TiffSink(*part, source.layout.tokens, emb.dim)
         try:
-            counts = emb._stream(source, mine, sink, opts, timer, d.rank == 0)
+            counts = stream(
+                emb.forward_tiles, emb.dim, source, mine, sink, opts, timer, d.rank == 0
+            )
         finally:
             sink.close()
     except BaseException:
-        writers.remove_quietly(*part)
+        remove_quietly(*part)
         raise
     return part, counts
 
 
 def run(emb, inputs, out, parquet, npz, opts):
-    """The body of :meth:`Embedder.embed_rasters`."""
+    """The body of :meth:`Embedder.embed_rasters`: ``emb`` gives ``forward_tiles``,
+    ``dim``, ``config``, ``device`` and ``info``."""
     import rasterio
-
-    from .inference import EmbedResult
 
     t_start = time.perf_counter()
     outs = Outputs.check(out, parquet, npz)
@@ -207,20 +203,20 @@ def run(emb, inputs, out, parquet, npz, opts):
         )
     timer = {"read": 0.0, "compute": 0.0, "write": 0.0, "finalize": 0.0}
     with (
-        embed_dist.session(opts.distributed, emb.device) as d,
+        distributed.session(opts.distributed, emb.device) as d,
         rasterio.Env(GDAL_CACHEMAX=opts.cache_mb),
     ):
-        bands = embed_dist.plan_bands(layout, d.world, opts.rows_per_band)
+        bands = distributed.plan_bands(layout, d.world, opts.rows_per_band)
         part, counts, err = None, (0, 0), None
         try:
             part, counts = _compute(emb, source, d, bands, opts, timer, outs.near)
         except Exception as e:  # reported to the other ranks, then re-raised
             err = e
-        parts = embed_dist.gather(d, part)
-        if not embed_dist.agree(d, err is None):
-            writers.remove_quietly(*(part or ()))
+        parts = distributed.gather(d, part)
+        if not distributed.agree(d, err is None):
+            remove_quietly(*(part or ()))
             raise err or RuntimeError("embedding failed on another rank; see its log")
-        counts = embed_dist.gather(d, counts)
+        counts = distributed.gather(d, counts)
         err = None
         if d.rank == 0:
             t0 = time.perf_counter()
@@ -229,13 +225,13 @@ def run(emb, inputs, out, parquet, npz, opts):
                 try:
                     finalize(emb, source, *merged, outs, opts, chip // layout.token_px)
                 finally:
-                    writers.remove_quietly(*merged, *(p for pr in parts for p in pr))
+                    remove_quietly(*merged, *(p for pr in parts for p in pr))
             except Exception as e:
                 err = e
             timer["finalize"] = time.perf_counter() - t0
-        if not embed_dist.agree(d, err is None):
+        if not distributed.agree(d, err is None):
             raise err or RuntimeError("writing the outputs failed on rank 0; see its log")
-        timer = embed_dist.broadcast(d, timer)
+        timer = distributed.broadcast(d, timer)
     timer["total"] = time.perf_counter() - t_start
     g = layout.grid
     result = EmbedResult(

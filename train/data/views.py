@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from rsfm_core.data import ModalityData
+from rsfm_core.sample import ModalityData
 
 Origin = tuple[int, int]  # (row, col) of a window's top-left token in the sample grid
 Symmetry = tuple[int, bool]  # (quarter turns counter-clockwise, flip left-right first)
@@ -327,7 +327,7 @@ def drop_modality(
 
 def _stack(views: Sequence[ModalityData | None], name: str) -> ModalityData:
     """Batch one modality (``None``: a sample that lacks it gets an all-invalid stand-in).
-    numpy for the reason given in :func:`_cut`; checks as ``rsfm_core.data.collate``."""
+    numpy for the reason given in :func:`_cut`; checks as ``rsfm_core.sample.collate``."""
     first = next(v for v in views if v is not None)
     for i, v in enumerate(views):
         if v is not None and (v.sensor, v.bands, v.pixels.shape) != (
