@@ -17,11 +17,14 @@ def test_plain_install_imports_all_three_packages(tmp_path):
          "--target", str(target), str(REPO)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    assert (target / "rsfm_kernels" / "attention.py").is_file()
+    for sub in ("rsfm_kernels/attn/dense.py", "rsfm_core/io/read.py", "rsfm_core/inference/run.py",
+                "rsfm_core/synthetic/scene.py", "rsfm_train/data/loader.py"):  # fmt: skip
+        assert (target / sub).is_file(), sub  # every subpackage is installed
     assert (target / "rsfm_train" / "configs" / "tiny_cpu.yaml").is_file()
     assert not (target / "kernels").exists() and not (target / "train").exists()
     code = (
-        "import rsfm_core, rsfm_kernels, rsfm_train, rsfm_core.model;"
+        "import rsfm_core, rsfm_kernels, rsfm_train, rsfm_core.model, rsfm_core.inference.run,"
+        " rsfm_kernels.attn, rsfm_train.data.loader;"
         "print(rsfm_core.__file__); print(rsfm_kernels.__file__); print(rsfm_train.__file__)"
     )
     env = dict(os.environ, PYTHONPATH=str(target))
