@@ -193,29 +193,48 @@ class _Prep:
 def _prepare(q, k, labels, q_valid, k_valid, ignore_index: int, symmetric: bool) -> _Prep:
     n, m, dev = q.shape[0], k.shape[0], q.device
     cd = _compute_dtype(q, k)
-    lab = torch.arange(n, device=dev) if labels is None else labels.to(torch.long)
-    active = lab != ignore_index
     q_keep = None if q_valid is None else q_valid.to(torch.bool)
     k_keep = None if k_valid is None else k_valid.to(torch.bool)
-    if q_keep is not None:
-        active = active & q_keep
-    # Clamped so that gathers stay in bounds even before an async label check fires.
-    safe = torch.where(active, lab, torch.zeros_like(lab)).clamp_(0, max(m - 1, 0))
-    valid = active if k_keep is None or m == 0 else active & k_keep[safe]
+    diagonal = labels is None
+    if diagonal and q_keep is None:  # every row active, its own positive: no gathers
+        lab = safe = torch.arange(n, device=dev)
+        active = None
+    else:
+        lab = torch.arange(n, device=dev) if diagonal else labels.to(torch.long)
+        active = q_keep if diagonal else lab != ignore_index
+        if q_keep is not None and not diagonal:
+            active = active & q_keep
+        # Clamped so that gathers stay in bounds even before an async label check fires.
+        safe = torch.where(active, lab, 0).clamp_(0, max(m - 1, 0))
+        lab = torch.where(active, lab, -1)
     if m == 0:
-        valid = torch.zeros_like(active)
-    rv = valid.to(cd)
+        valid = torch.zeros(n, dtype=torch.bool, device=dev)
+    elif k_keep is None:
+        valid = active
+    else:
+        kept = k_keep if diagonal else k_keep[safe]
+        valid = kept if active is None else active & kept
+    if valid is None:
+        rv, n_r = (
+            torch.ones(n, dtype=cd, device=dev),
+            torch.full((), max(n, 1), dtype=cd, device=dev),
+        )
+    else:
+        rv = valid.to(cd)
+        n_r = rv.sum().clamp_min(1.0)
     p = _Prep(
-        lab=torch.where(active, lab, torch.full_like(lab, -1)), safe=safe, rv=rv,
-        n_r=rv.sum().clamp_min(1.0), k_keep=k_keep, q_keep=q_keep if symmetric else None,
-    )  # fmt: skip
+        lab=lab, safe=safe, rv=rv, n_r=n_r, k_keep=k_keep, q_keep=q_keep if symmetric else None
+    )
     if symmetric:
-        # Exact small-integer float sums: deterministic even where scatter_add uses atomics.
-        p.counts = torch.zeros(m, dtype=cd, device=dev).scatter_add_(0, safe, active.to(cd))
-        col = p.counts > 0 if k_keep is None else (p.counts > 0) & k_keep
-        p.cv = col.to(cd)
-        p.cvr = p.cv[safe] * active.to(cd) if m else torch.zeros_like(rv)
-        p.n_c = p.cv.sum().clamp_min(1.0)
+        if diagonal:  # column j's positive is row j: valid columns are the valid rows
+            p.cv, p.cvr, p.n_c = rv, rv, n_r
+        else:
+            # Exact small-integer float sums: deterministic even where scatter_add uses atomics.
+            p.counts = torch.zeros(m, dtype=cd, device=dev).scatter_add_(0, safe, active.to(cd))
+            col = p.counts > 0 if k_keep is None else (p.counts > 0) & k_keep
+            p.cv = col.to(cd)
+            p.cvr = p.cv[safe] * active.to(cd) if m else torch.zeros_like(rv)
+            p.n_c = p.cv.sum().clamp_min(1.0)
     return p
 
 
@@ -308,18 +327,17 @@ def _torch_stats(q, k, t, p: _Prep, block_q: int, block_k: int):
     sym = p.cv is not None
     m_r = torch.full((n,), float("-inf"), dtype=cd, device=q.device)
     l_r = torch.zeros(n, dtype=cd, device=q.device)
-    pos = torch.zeros(n, dtype=cd, device=q.device)
+    pos = torch.empty(n, dtype=cd, device=q.device)
     m_c = torch.full((m,), float("-inf"), dtype=cd, device=q.device) if sym else None
     l_c = torch.zeros(m, dtype=cd, device=q.device) if sym else None
     for i0 in range(0, n, block_q):
         i1 = min(i0 + block_q, n)
-        qb, lab = qc[i0:i1], p.lab[i0:i1]
+        qb = qc[i0:i1]
+        # Positive logits once per query block ((bq, D) temporaries, float32 products).
+        pos[i0:i1] = (qb.to(cd) * kc[p.safe[i0:i1]].to(cd)).sum(1) * inv_t
         for j0 in range(0, m, block_k):
             j1 = min(j0 + block_k, m)
             s = _mm(qb, kc[j0:j1].T, lowp).mul_(inv_t)  # (bq, bk)
-            inside = (lab >= j0) & (lab < j1)  # the positive falls in this tile
-            at = s.gather(1, (lab - j0).clamp(0, j1 - j0 - 1)[:, None])[:, 0]
-            pos[i0:i1] += torch.where(inside, at, 0.0)
             if sym:
                 sc = s + qbias[i0:i1, None] if qbias is not None else s.clone()
                 _online_(m_c[j0:j1], l_c[j0:j1], sc, dim=0)
@@ -331,7 +349,12 @@ def _torch_stats(q, k, t, p: _Prep, block_q: int, block_k: int):
 
 
 def _torch_grads(q, k, t, p: _Prep, lse_r, lse_c, need, block_q: int, block_k: int):
-    """Unscaled ``(B @ k, B^T @ q, sum_ij B_ij S_ij)`` (``None`` where not needed)."""
+    """Unscaled ``(B @ k, B^T @ q, sum_ij B_ij S_ij)`` (``None`` where not needed).
+
+    ``B = P (+ Pc) - (r_i + v_{p_i}) Y``: the weights r, v are 0/1 and every dead row
+    (column) has LSE = +inf, so P (Pc) needs no multiply; one-to-one labels make the valid
+    row and column counts equal, so both directions share the scalar ``c / n``.
+    """
     need_dq, need_dk, need_dt = need
     n, m, d = q.shape[0], k.shape[0], q.shape[1]
     lowp = _lowp(q, k)
@@ -340,31 +363,30 @@ def _torch_grads(q, k, t, p: _Prep, lse_r, lse_c, need, block_q: int, block_k: i
     inv_t = (1.0 / t).to(cd)
     kbias, qbias = _bias(p.k_keep, cd), _bias(p.q_keep, cd)
     sym = p.cv is not None
-    cr = p.rv.to(cd)
-    cc = (p.cv * (p.n_r / p.n_c)).to(cd) if sym else None  # n_r == n_c when one-to-one
-    y_coef = cr + cc[p.safe] if sym else cr  # the one-hot entry of row i: -(r_i + v_{p_i})
+    y_coef = (p.rv + p.cvr if sym else p.rv).to(cd)  # the one-hot entry of row i is -y_coef_i
+    tile_of = torch.div(p.lab, block_k, rounding_mode="floor")  # -1 for rows without one
+    col_of = (p.lab - tile_of * block_k)[:, None]  # (N, 1) column inside that tile
     a = torch.zeros(n, d, dtype=cd, device=q.device) if need_dq or need_dt else None
     b = torch.zeros(m, d, dtype=cd, device=q.device) if need_dk else None
     r = torch.zeros((), dtype=cd, device=q.device)
     for i0 in range(0, n, block_q):
         i1 = min(i0 + block_q, n)
-        qb, lab = qc[i0:i1], p.lab[i0:i1]
-        for j0 in range(0, m, block_k):
+        qb = qc[i0:i1]
+        for jt, j0 in enumerate(range(0, m, block_k)):
             j1 = min(j0 + block_k, m)
             kt = kc[j0:j1]
             s = _mm(qb, kt.T, lowp).mul_(inv_t)  # (bq, bk)
             if sym:
                 pc = s + qbias[i0:i1, None] if qbias is not None else s.clone()
-                pc.sub_(lse_c[None, j0:j1]).exp_().mul_(cc[None, j0:j1])
+                pc.sub_(lse_c[None, j0:j1]).exp_()
             if kbias is not None:
                 s.add_(kbias[None, j0:j1])
-            s.sub_(lse_r[i0:i1, None]).exp_().mul_(cr[i0:i1, None])  # r_i P_ij
+            s.sub_(lse_r[i0:i1, None]).exp_()  # P, 0 on dead rows (LSE = +inf)
             if sym:
                 s.add_(pc)
             # -Y: one element per row whose positive falls in this tile (unique: no races)
-            idx = (lab - j0).clamp(0, j1 - j0 - 1)[:, None]
-            inside = (lab >= j0) & (lab < j1)
-            minus = torch.where(inside, y_coef[i0:i1], 0.0).to(cd)[:, None]
+            idx = col_of[i0:i1].clamp(max=j1 - j0 - 1)
+            minus = torch.where(tile_of[i0:i1] == jt, y_coef[i0:i1], 0.0)[:, None]
             s.scatter_(1, idx, s.gather(1, idx) - minus)
             bt = s.to(q.dtype) if lowp else s
             if a is not None:
@@ -385,7 +407,7 @@ def _stats(q, k, t, p: _Prep, backend: str, block_q: int, block_k: int):
         neg = q.new_full((n,), float("-inf"), dtype=p.rv.dtype)
         return neg, torch.zeros_like(neg), q.new_full((m,), float("-inf"), dtype=p.rv.dtype)
     if backend == "triton":
-        sc = torch.stack([LOG2E / t.float(), torch.zeros_like(t, dtype=torch.float32)])
+        sc = (LOG2E / t.float()).reshape(1)  # the forward kernel reads sc[0] only
         lab32 = p.lab.to(torch.int32)
         lse_r, pos = _T.lse_forward(q, k, p.k_keep, lab32, sc)
         lse_c = _T.lse_forward(k, q, p.q_keep, None, sc)[0] if p.cv is not None else None
@@ -451,7 +473,7 @@ def _backward_impl(
     out_scale = coef / t
     dq = dk = dt = None
     if q.shape[0] and k.shape[0] and backend == "triton":
-        cc = p.cv * (p.n_r / p.n_c) if symmetric else None
+        cc = p.cv if symmetric else None  # one-to-one: n_c == n_r, one scalar for both
         g = _T.GradInputs(
             lab=p.lab.to(torch.int32), cr=p.rv.float(), lse_r=lse_r.float(), k_keep=p.k_keep,
             q_keep=p.q_keep, cc=None if cc is None else cc.float(),

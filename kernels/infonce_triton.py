@@ -25,6 +25,8 @@ from ._triton_common import gpu_arch
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+_LOG2E = tl.constexpr(LOG2E)  # the kernels' copies: jit code reads only constexpr globals
+_LN2 = tl.constexpr(LN2)
 MAX_HEAD_DIM = 256  # one (BLOCK, D) operand tile per program; larger D: the torch backend
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -43,16 +45,18 @@ class LaunchConfig:
 # (arch, BLOCK_D) -> (forward, backward dQ, backward dK). No V and no (BLOCK, D) output
 # accumulator in the forward, so its tiles can be larger than attention's; the backward
 # kernels hold a float32 (block_own, D) accumulator, so block_own shrinks as D grows.
-# Checked with `python -m benchmarks.infonce --compile-report` (no spills, shared memory
-# within sm90's 228 KB / sm80's 164 KB); not yet timed on hardware.
+# Checked with `python -m benchmarks.infonce --compile-report` (Triton 3.9's ptxas: no
+# spills, shared memory within sm90's 228 KB / sm80's 164 KB). Rejected for spilling:
+# sm90/sm80 D=256 backward with 4 warps (96-344 B), sm80 D=128 dQ 128x64 (60 B). Tightest
+# kept: sm90 D=256 dK (250 regs), sm80 D=128 dK (228). Not yet timed on hardware.
 _C = LaunchConfig
 _PINNED = {
     ("sm90", 64): (_C(128, 128, 8, 3), _C(128, 64, 8, 3), _C(128, 64, 8, 3)),
     ("sm90", 128): (_C(128, 128, 8, 3), _C(128, 64, 8, 3), _C(128, 64, 8, 3)),
-    ("sm90", 256): (_C(128, 64, 8, 3), _C(64, 64, 4, 3), _C(64, 64, 4, 3)),
+    ("sm90", 256): (_C(128, 64, 8, 3), _C(64, 64, 8, 3), _C(64, 64, 8, 3)),
     ("sm80", 64): (_C(128, 128, 8, 3), _C(128, 64, 8, 3), _C(128, 64, 8, 3)),
-    ("sm80", 128): (_C(128, 64, 8, 3), _C(128, 64, 8, 2), _C(128, 64, 8, 2)),
-    ("sm80", 256): (_C(128, 64, 8, 2), _C(64, 64, 4, 2), _C(64, 64, 4, 2)),
+    ("sm80", 128): (_C(128, 64, 8, 3), _C(64, 64, 8, 2), _C(128, 64, 8, 2)),
+    ("sm80", 256): (_C(128, 64, 8, 2), _C(64, 32, 8, 2), _C(64, 32, 8, 2)),
 }
 _SMALL_SMEM = (_C(64, 64, 4, 2), _C(64, 32, 4, 2), _C(64, 32, 4, 2))  # sm86/sm89, others
 _FP32 = (_C(64, 32, 4, 2), _C(32, 32, 4, 2), _C(32, 32, 4, 2))  # exact fp32 dots, 2x bytes
@@ -68,14 +72,15 @@ def block_d(d: int) -> int:
 
 
 def pinned_configs(
-    d: int, dtype: torch.dtype, device: torch.device
+    d: int, dtype: torch.dtype, device: torch.device, arch: str | None = None
 ) -> tuple[LaunchConfig, LaunchConfig, LaunchConfig]:
-    """(forward, backward dQ, backward dK) launch configs for feature dim ``d``."""
-    if _INTERPRETED and device.type == "cpu":
+    """(forward, backward dQ, backward dK) launch configs for feature dim ``d``; ``arch``
+    ("sm80", "sm90") overrides the device's family (the offline compile report)."""
+    if arch is None and _INTERPRETED and device.type == "cpu":
         return _INTERPRETER
     if dtype == torch.float32:
         return _FP32
-    return _PINNED.get((gpu_arch(device), max(64, block_d(d))), _SMALL_SMEM)
+    return _PINNED.get((arch or gpu_arch(device), max(64, block_d(d))), _SMALL_SMEM)
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -200,11 +205,11 @@ def _lse_kernel(
         l_i = l_i * tl.exp2(m_i - m_use) + tl.sum(tl.exp2(s - m_use[:, None]), 1)
         m_i = m_new
     empty = l_i == 0.0  # no kept row of Y: -inf (log2 of a safe 1, no warning)
-    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2
     out = split.to(tl.int64) * N + rows
     tl.store(LSE + out, lse, mask=r_ok)
     if WITH_POS:
-        tl.store(POS + out, pos * LN2, mask=r_ok)
+        tl.store(POS + out, pos * _LN2, mask=r_ok)
 
 
 @triton.heuristics(_EVEN)
@@ -230,7 +235,7 @@ def _grad_q_kernel(
     scale = tl.load(SC)
     lab = tl.load(LAB + rows, mask=r_ok, other=-1)
     cr = tl.load(CR + rows, mask=r_ok, other=0.0)
-    lse_r = tl.load(LSE_R + rows, mask=r_ok, other=float("inf")) * LOG2E
+    lse_r = tl.load(LSE_R + rows, mask=r_ok, other=float("inf")) * _LOG2E
     qkeep = _keep(QKEEP, rows, r_ok, HAS_QMASK)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     tacc = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -246,7 +251,7 @@ def _grad_q_kernel(
         lse_c = tl.zeros([BLOCK_N], dtype=tl.float32)
         cc = tl.zeros([BLOCK_N], dtype=tl.float32)
         if SYM:
-            lse_c = tl.load(LSE_C + cols, mask=c_ok, other=float("inf")) * LOG2E
+            lse_c = tl.load(LSE_C + cols, mask=c_ok, other=float("inf")) * _LOG2E
             cc = tl.load(CC + cols, mask=c_ok, other=0.0)
         y = (lab[:, None] == cols[None, :]).to(tl.float32)
         b = _bracket(
@@ -261,7 +266,7 @@ def _grad_q_kernel(
     dq_ptrs += offs_d[None, :] * sdqd
     tl.store(dq_ptrs, (acc * out_scale).to(DQ.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
     if WITH_DT:
-        tl.store(DT + split.to(tl.int64) * N + rows, tacc * LN2, mask=r_ok)
+        tl.store(DT + split.to(tl.int64) * N + rows, tacc * _LN2, mask=r_ok)
 
 
 @triton.heuristics(_EVEN)
@@ -288,7 +293,7 @@ def _grad_k_kernel(
     lse_c = tl.zeros([BLOCK_N], dtype=tl.float32)
     cc = tl.zeros([BLOCK_N], dtype=tl.float32)
     if SYM:
-        lse_c = tl.load(LSE_C + cols, mask=c_ok, other=float("inf")) * LOG2E
+        lse_c = tl.load(LSE_C + cols, mask=c_ok, other=float("inf")) * _LOG2E
         cc = tl.load(CC + cols, mask=c_ok, other=0.0)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo = split * LOOP_PER_SPLIT
@@ -300,7 +305,7 @@ def _grad_k_kernel(
                        r_ok, d_ok, EVEN_N, EVEN_D)  # fmt: skip
         lab = tl.load(LAB + rows, mask=r_ok, other=-1)
         cr = tl.load(CR + rows, mask=r_ok, other=0.0)
-        lse_r = tl.load(LSE_R + rows, mask=r_ok, other=float("inf")) * LOG2E
+        lse_r = tl.load(LSE_R + rows, mask=r_ok, other=float("inf")) * _LOG2E
         qkeep = _keep(QKEEP, rows, r_ok, HAS_QMASK)
         s_t = _dot(k, tl.trans(q)) * scale  # (BLOCK_N, BLOCK_M), log2 units
         y = (cols[:, None] == lab[None, :]).to(tl.float32)
@@ -319,8 +324,9 @@ def _grad_k_kernel(
 
 
 def _u8(mask: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
-    """A bool mask as uint8 (same bytes), or a dummy pointer when absent."""
-    return dummy if mask is None else mask.view(torch.uint8)
+    """A bool mask as contiguous uint8 (the kernels index it with unit stride), or a dummy
+    pointer when absent."""
+    return dummy if mask is None else mask.contiguous().view(torch.uint8)
 
 
 def _check_launch(q: torch.Tensor, k: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -363,6 +364,9 @@ def test_triton_diagonal_odd_dim_and_strided_inputs():
     q = base[:, ::2]  # (130, 24) with stride 2 along D: non-power-of-two D, any strides
     k = _feats(130, 24, seed=4).T.contiguous().T  # column-major
     _close(_grads(_triton_fn, q, k), _ref(q, k), 1e-5, 5e-6)
+    k_valid = (torch.arange(260) % 3 != 0)[::2]  # a non-contiguous mask
+    kw = dict(k_valid=k_valid, symmetric=True)
+    _close(_grads(_triton_fn, q, k, **kw), _ref(q, k, **kw), 1e-5, 5e-6, "strided mask")
 
 
 @needs_triton
@@ -471,6 +475,29 @@ def test_errors_name_the_problem(kwargs, match):
         rk.info_nce(**kwargs)
 
 
+NO_TRITON = r"""
+import json, sys
+sys.modules["triton"] = None  # as if not installed
+import torch
+import rsfm_kernels as rk
+from rsfm_kernels import dispatch
+q = torch.randn(9, 16)
+loss = rk.info_nce(q, q.flip(0), 0.1, symmetric=True)
+reasons = dispatch.backends("info_nce")[0].not_supported_reasons({"q": q, "k": q})
+print(json.dumps({"loss": float(loss), "reasons": reasons,
+                  "loaded": "rsfm_kernels.infonce_triton" in sys.modules}))
+"""
+
+
+def test_runs_without_triton():
+    p = subprocess.run([sys.executable, "-c", NO_TRITON], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["loss"] > 0 and not r["loaded"]
+    assert any("triton is not installed" in x for x in r["reasons"]), r
+
+
 # ---------------------------------------------------------------- offline GPU compile (slow)
 
 
@@ -526,16 +553,22 @@ def test_gpu_bf16_65536_d256_against_torch_backend_and_no_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
+GPU_CASES = [  # (dtype, D, symmetric): bf16 at every D, fp16 and fp32 once (compile time)
+    (torch.bfloat16, 64, False), (torch.bfloat16, 128, False), (torch.bfloat16, 128, True),
+    (torch.bfloat16, 256, True), (torch.float16, 128, True), (torch.float32, 64, True),
+]  # fmt: skip
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("d", [64, 128, 256])
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("dtype,d,symmetric", GPU_CASES)
 def test_gpu_ragged_masked_flash_rule(dtype, d, symmetric):
-    q, k, kw = _case(3001, 3001, d, labels="perm" if symmetric else "random", masks=True,
-                     ignored=True)  # fmt: skip
+    labels = "perm" if symmetric else "random"
+    q, k, kw = _case(3001, 3001, d, labels=labels, masks=True, ignored=True)
     q, k = q.to(DEV, dtype), k.to(DEV, dtype)
-    _gpu_compare(q, k, temperature=0.05, symmetric=symmetric, **kw)
+    strided = torch.empty(3001, 2 * d, device=DEV, dtype=dtype)[:, ::2]  # any strides
+    strided.copy_(q)
+    _gpu_compare(strided, k, temperature=0.05, symmetric=symmetric, **kw)
 
 
 @pytest.mark.gpu
