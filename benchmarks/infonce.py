@@ -169,15 +169,19 @@ def _time(fn: Callable[[], object], device, budget_s: float) -> float:
     return statistics.median(times) if device.type == "cuda" else min(times)
 
 
+def _legacy_provider(q, k, t, sym):
+    if sym:  # the old backend had no symmetric mode: two calls
+        return 0.5 * (legacy_chunked(q, k, t) + legacy_chunked(k, q, t))
+    return legacy_chunked(q, k, t)
+
+
 def _providers(device: torch.device, mod) -> dict[str, Callable]:
     out: dict[str, Callable] = {}
     if mod._T is not None and (device.type == "cuda" or mod._T._INTERPRETED):
         out["triton"] = lambda q, k, t, sym: mod.info_nce_triton(q, k, t, symmetric=sym)
     out["torch"] = lambda q, k, t, sym: mod.info_nce_torch(q, k, t, symmetric=sym)
     if device.type == "cpu":
-        out["legacy_chunked"] = lambda q, k, t, sym: (
-            0.5 * (legacy_chunked(q, k, t) + legacy_chunked(k, q, t)) if sym else legacy_chunked(q, k, t)
-        )  # fmt: skip
+        out["legacy_chunked"] = _legacy_provider
     out["reference"] = lambda q, k, t, sym: mod.info_nce_reference(q, k, t, symmetric=sym)
     return out
 
@@ -288,8 +292,10 @@ def run(quick: bool, json_path: str | None, sizes, dims, max_case_s: float) -> i
                 if name == "triton" and "loss" in rows[-1]:
                     ref_loss = rows[-1]["loss"]  # later providers' loss_err is vs triton
             r = rows[-1]
-            print(f"  N={n:<7} D={d:<4} sym={sym!s:<5} {name:<15} "
-                  f"{C.fmt(r.get('fwdbwd_ms'))} ms  {r.get('note', '')}", file=sys.stderr)  # fmt: skip
+            ms = C.fmt(r.get("fwdbwd_ms"))
+            print(f"  N={n:<7} D={d:<4} sym={sym!s:<5} {name:<15} {ms} ms  {r.get('note', '')}",
+                  file=sys.stderr)  # fmt: skip
+    base_name = "torch" if device.type == "cuda" else "legacy_chunked"
     for r in rows:
         for mode in ("fwd", "fwdbwd"):
             if r.get(f"{mode}_tflops"):
@@ -297,12 +303,11 @@ def run(quick: bool, json_path: str | None, sizes, dims, max_case_s: float) -> i
         peers = [
             p for p in rows if (p["N"], p["D"], p["symmetric"]) == (r["N"], r["D"], r["symmetric"])
         ]
-        base = next((p for p in peers if p["provider"] == ("torch" if device.type == "cuda" else "legacy_chunked")), None)  # fmt: skip
+        base = next((p for p in peers if p["provider"] == base_name), None)
         if base and base.get("fwdbwd_ms") and r.get("fwdbwd_ms"):
             r["x_vs_base"] = base["fwdbwd_ms"] / r["fwdbwd_ms"]
     cols = ["N", "D", "symmetric", "provider", "fwd_ms", "fwdbwd_ms", "fwdbwd_tflops",
             "fwdbwd_pct_gemm", "x_vs_base", "peak_extra_mb", "loss_err", "note"]  # fmt: skip
-    base_name = "torch" if device.type == "cuda" else "legacy_chunked"
     C.print_table(rows, cols, f"InfoNCE fwd+bwd ({env['device']}, {dtype}; GEMM {gemm:.3g} "
                   f"TFLOP/s; x_vs_base = {base_name} ms / provider ms)")  # fmt: skip
     if device.type != "cuda":
@@ -363,7 +368,8 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
         regs = re.search(r"Used (\d+) registers", err)
         spill = re.search(r"(\d+) bytes spill stores", err)
         serial = " wgmma-serialized" if "C7515" in err else ""
-        return f"{regs.group(1) if regs else '?'} regs, {spill.group(1) if spill else '?'} B spilled{serial}"
+        regs_s, spill_s = regs.group(1) if regs else "?", spill.group(1) if spill else "?"
+        return f"{regs_s} regs, {spill_s} B spilled{serial}"
 
     def build(kern, consts, cap, warps, stages):
         fn = kern
@@ -394,7 +400,8 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
             fwd, gq, gk = T.pinned_configs(d, torch_dtype, torch.device("cuda"), arch=f"sm{cap}")
             ragged = dict(EVEN_N=False, EVEN_M=False, EVEN_D=True, BLOCK_D=T.block_d(d))
             for name, kern, cfg, extra in (
-                ("fwd (row LSE + positive)", T._lse_kernel, fwd, dict(HAS_MASK=True, WITH_POS=True)),
+                ("fwd (row LSE + positive)", T._lse_kernel, fwd,
+                 dict(HAS_MASK=True, WITH_POS=True)),
                 ("fwd (column LSE)", T._lse_kernel, fwd, dict(HAS_MASK=True, WITH_POS=False)),
                 ("bwd dQ (+dt)", T._grad_q_kernel, gq,
                  dict(HAS_KMASK=True, HAS_QMASK=True, SYM=True, WITH_DT=True)),
@@ -410,7 +417,8 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
                         "arch": f"sm{cap}",
                         "D": d,
                         "kernel": name,
-                        "config": f"{cfg.block_own}x{cfg.block_loop} w{cfg.num_warps} s{cfg.num_stages}",
+                        "config": f"{cfg.block_own}x{cfg.block_loop} "
+                        f"w{cfg.num_warps} s{cfg.num_stages}",
                         **r,
                     }
                 )
@@ -430,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.compile_report:
         rows = compile_report(tuple(args.arch or (90, 80)), tuple(args.dim or (64, 128, 256)))
-        C.print_table(rows, ["arch", "D", "kernel", "config", "shared_kb", "usage"],
-                      "offline compile report (bf16, masked ragged symmetric worst case)")  # fmt: skip
+        title = "offline compile report (bf16, masked ragged symmetric worst case)"
+        C.print_table(rows, ["arch", "D", "kernel", "config", "shared_kb", "usage"], title)
         if args.json:
             C.write_json(args.json, {"benchmark": "infonce_compile_report", "results": rows},
                          torch.device("cpu"))  # fmt: skip

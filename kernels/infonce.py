@@ -50,7 +50,9 @@ the CUDA context). ``RSFM_CHECK_LABELS=1`` makes the CUDA check synchronous with
 
 Backends (lower priority is tried first; :func:`info_nce` caches the choice per
 (forced name, devices, dtypes, ndim, D beyond the kernel's limit), so a repeated call costs
-a dict look-up):
+the environment look-up of a forced backend plus a dict look-up: ~5 us on this CPU, like
+the old uncached ``dispatch.select`` whose only backends had no reasons; the uncached
+select with the triton backend's reasons costs ~24 us):
 - ``triton`` (10; CUDA sm80+, or forced on CPU under ``TRITON_INTERPRET=1``; D <= 256):
   :mod:`rsfm_kernels.infonce_triton`. Forward: one program per query block, online
   log-sum-exp over key blocks in float32 (exp2 with ``log2(e)/t`` folded into the scale),
@@ -68,18 +70,41 @@ a dict look-up):
   tensor cores; fp32 exact "ieee" dots), float32 accumulation. Small N: the loop over the
   other operand is split over several programs (float32 partials, summed in a fixed
   order) so that about two waves of programs run.
-- ``torch`` (30): pure PyTorch, ``O((N + M) * D)`` memory, the CPU path and the fallback.
-  Tiles of ``block_q x block_k`` (2048 x 2048): one matmul per tile shared by both
-  directions when symmetric, in-place scale/mask/exp (one tile-sized temporary, two when
-  symmetric; the earlier ``chunked`` backend made about six), no host sync. On CUDA,
-  fp16/bf16 tiles multiply in the input dtype with float32 output (``torch.mm(...,
-  out_dtype=torch.float32)``, PyTorch >= 2.8); elsewhere the inputs are upcast once.
-  The backward recomputes each tile from the saved LSE; the one-hot term is written into
-  the tile (one element per row), so both gradients come from two matmuls per tile.
+- ``torch`` (30; :mod:`rsfm_kernels.infonce_torch`): pure PyTorch, ``O((N + M) * D)``
+  memory, the CPU path and the fallback. Tiles of ``block_q x block_k`` (2048 x 2048):
+  one matmul per tile shared by both directions when symmetric, in-place
+  scale/mask/exp, positive logits once per query block, no host sync. Counted with a
+  dispatch mode (tests/kernels/test_infonce.py): one tile-sized allocation per tile
+  step forward and backward (two when symmetric), where
+  the pre-issue-14 ``chunked`` backend made 3 forward and 6 backward (with a key mask).
+  On CUDA, fp16/bf16 tiles multiply in the input dtype with float32 output
+  (``torch.mm(..., out_dtype=torch.float32)``, PyTorch >= 2.8; the old backend upcast to
+  float32 matmuls); elsewhere the inputs are upcast once. The backward recomputes each
+  tile from the saved LSE; dead rows/columns have LSE = +inf, so ``B = P (+ Pc) - Y``
+  needs no weights, and the one-hot term is written into the tile (one element per row,
+  deterministic), so both gradients come from two matmuls per tile.
 - ``reference`` (90): materialises ``(N, M)`` in float32 -- the spec.
 The ``triton`` and ``torch`` backends are one ``torch.library`` custom op
 (``rsfm_kernels::info_nce``) with a fake implementation and registered autograd, so
 ``torch.compile(fullgraph=True)`` traces a call as one node.
+
+Offline compile report (``python -m benchmarks.infonce --compile-report``, Triton 3.9's
+ptxas, bf16, worst case: masks, ragged N and M, symmetric, temperature gradient), pinned
+configs as (rows owned x loop tile, warps, stages):
+
+    arch D    forward            bwd dQ (+dt)        bwd dK              (regs; smem KB)
+    sm90 64   128x128 w8 s3 171;64  128x64 w8 s3 199;41  128x64 w8 s3 186;42
+    sm90 128  128x128 w8 s3 192;128 128x64 w8 s3 228;81  128x64 w8 s3 228;82
+    sm90 256  128x64  w8 s3 100;160 64x64  w8 s3 183;129 64x64  w8 s3 250;130
+    sm80 64   128x128 w8 s3 166;49  128x64 w8 s3 238;33  128x64 w8 s3 179;34
+    sm80 128  128x64  w8 s3 127;65  64x64  w8 s2 190;41  128x64 w8 s2 228;49
+    sm80 256  128x64  w8 s2 96;97   64x32  w8 s2 224;52  64x32  w8 s2 224;52
+
+No spills anywhere; the column-LSE forward (no positive) uses fewer registers (72-166).
+Rejected: D = 256 backward with 4 warps (sm90 96 B / 16 B spilled, sm80 344 B / 8 B) and
+sm80 D = 128 dQ 128x64 (60 B). Every kernel runs one CTA per SM at these register counts;
+the GPU machines run Triton 3.6, whose register allocation may differ (recheck there).
+Not yet timed on hardware: tile shapes are FlashAttention-2-like starting points.
 
 Caution:
 - The positive logit is part of the logsumexp (standard InfoNCE / cross-entropy).
@@ -89,8 +114,15 @@ Caution:
   goes to the torch backend. No double backward. The GPU paths are compiled offline for
   sm80/sm90 and verified under the CPU interpreter; on hardware only once a GPU run of
   ``benchmarks/gpu_check.sh`` has happened (docs/performance.md).
-- Temperature gradient of the torch backend uses ``sum(q * dq_unscaled)``: inputs must be
-  finite (an inf in a masked row would make it NaN).
+- Temperature gradient of the torch backend uses ``sum(q * (B @ k))``: inputs must be
+  finite (an inf in a masked row would make it NaN); the Triton dQ kernel sums
+  ``B * S`` directly.
+- Per-call fixed cost: the op does ~50 small tensor ops besides the tiles (preparing
+  labels/masks, the custom op, the loss): on this CPU a tiny (8 x 16) forward took
+  ~580 us vs ~420 us for the old backend (min of 5 interleaved rounds). On GPU these are
+  kernel launches, so very small N is launch-bound on either backend.
+- A dispatch choice is cached per key, and under ``torch.compile`` baked into the graph:
+  changing ``RSFM_BACKEND_INFO_NCE`` after compiling does not recompile.
 
 Differences vs reference: summation order (online LSE over tiles) and, for fp16/bf16,
 the low-precision cast of ``B`` before the gradient matmuls (as FlashAttention does with
@@ -106,6 +138,9 @@ from dataclasses import dataclass
 import torch
 
 from . import dispatch
+from .infonce_torch import compute_dtype as _compute_dtype
+from .infonce_torch import torch_grads as _torch_grads
+from .infonce_torch import torch_stats as _torch_stats
 
 _NO_TRITON = "triton is not installed (pip install triton; Linux only)"
 if importlib.util.find_spec("triton") is not None:
@@ -120,13 +155,6 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # matmuls dominate the Python loop on GPU, small enough to stay O(N * D) at N = 256k.
 BLOCK_Q = 2048
 BLOCK_K = 2048
-_LOWP = (torch.float16, torch.bfloat16)
-_HAS_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # aten::mm.dtype (fp16/bf16 -> fp32)
-
-
-def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-
 
 # ----------------------------------------------------------------------------- reference
 
@@ -286,118 +314,6 @@ def _loss_from_stats(lse_r, pos, lse_c, p: _Prep) -> torch.Tensor:
     return 0.5 * (row + col / p.n_c)
 
 
-# ------------------------------------------------------------------- torch backend (tiles)
-
-
-def _lowp(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Multiply fp16/bf16 tiles in the input dtype with float32 output (CUDA only)."""
-    return q.is_cuda and q.dtype == k.dtype and q.dtype in _LOWP and _HAS_MM_OUT_DTYPE
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor, lowp: bool) -> torch.Tensor:
-    return torch.mm(a, b, out_dtype=torch.float32) if lowp else a @ b
-
-
-def _bias(keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """0 where kept, -inf elsewhere: masking as one in-place add on the tile."""
-    if keep is None:
-        return None
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(
-        ~keep, float("-inf")
-    )
-
-
-def _online_(m_run: torch.Tensor, l_run: torch.Tensor, s: torch.Tensor, dim: int) -> None:
-    """Fold tile ``s`` (consumed: exponentiated in place) into the running (max, sum)."""
-    m_new = torch.maximum(m_run, s.amax(dim))
-    m_use = torch.where(torch.isneginf(m_new), 0.0, m_new)  # no valid entry yet: no NaN
-    s.sub_(m_use.unsqueeze(dim)).exp_()
-    l_run.mul_(torch.exp(m_run - m_use)).add_(s.sum(dim))
-    m_run.copy_(m_new)
-
-
-def _torch_stats(q, k, t, p: _Prep, block_q: int, block_k: int):
-    """(row LSE, positive logit, column LSE or None): one matmul per tile for both."""
-    n, m = q.shape[0], k.shape[0]
-    lowp = _lowp(q, k)
-    cd = torch.float32 if lowp else _compute_dtype(q, k)
-    qc, kc = (q, k) if lowp else (q.to(cd), k.to(cd))
-    inv_t = (1.0 / t).to(cd)
-    kbias, qbias = _bias(p.k_keep, cd), _bias(p.q_keep, cd)
-    sym = p.cv is not None
-    m_r = torch.full((n,), float("-inf"), dtype=cd, device=q.device)
-    l_r = torch.zeros(n, dtype=cd, device=q.device)
-    pos = torch.empty(n, dtype=cd, device=q.device)
-    m_c = torch.full((m,), float("-inf"), dtype=cd, device=q.device) if sym else None
-    l_c = torch.zeros(m, dtype=cd, device=q.device) if sym else None
-    for i0 in range(0, n, block_q):
-        i1 = min(i0 + block_q, n)
-        qb = qc[i0:i1]
-        # Positive logits once per query block ((bq, D) temporaries, float32 products).
-        pos[i0:i1] = (qb.to(cd) * kc[p.safe[i0:i1]].to(cd)).sum(1) * inv_t
-        for j0 in range(0, m, block_k):
-            j1 = min(j0 + block_k, m)
-            s = _mm(qb, kc[j0:j1].T, lowp).mul_(inv_t)  # (bq, bk)
-            if sym:
-                sc = s + qbias[i0:i1, None] if qbias is not None else s.clone()
-                _online_(m_c[j0:j1], l_c[j0:j1], sc, dim=0)
-            if kbias is not None:
-                s.add_(kbias[None, j0:j1])
-            _online_(m_r[i0:i1], l_r[i0:i1], s, dim=1)
-    lse_c = m_c + torch.log(l_c) if sym else None
-    return m_r + torch.log(l_r), pos, lse_c
-
-
-def _torch_grads(q, k, t, p: _Prep, lse_r, lse_c, need, block_q: int, block_k: int):
-    """Unscaled ``(B @ k, B^T @ q, sum_ij B_ij S_ij)`` (``None`` where not needed).
-
-    ``B = P (+ Pc) - (r_i + v_{p_i}) Y``: the weights r, v are 0/1 and every dead row
-    (column) has LSE = +inf, so P (Pc) needs no multiply; one-to-one labels make the valid
-    row and column counts equal, so both directions share the scalar ``c / n``.
-    """
-    need_dq, need_dk, need_dt = need
-    n, m, d = q.shape[0], k.shape[0], q.shape[1]
-    lowp = _lowp(q, k)
-    cd = torch.float32 if lowp else _compute_dtype(q, k)
-    qc, kc = (q, k) if lowp else (q.to(cd), k.to(cd))
-    inv_t = (1.0 / t).to(cd)
-    kbias, qbias = _bias(p.k_keep, cd), _bias(p.q_keep, cd)
-    sym = p.cv is not None
-    y_coef = (p.rv + p.cvr if sym else p.rv).to(cd)  # the one-hot entry of row i is -y_coef_i
-    tile_of = torch.div(p.lab, block_k, rounding_mode="floor")  # -1 for rows without one
-    col_of = (p.lab - tile_of * block_k)[:, None]  # (N, 1) column inside that tile
-    a = torch.zeros(n, d, dtype=cd, device=q.device) if need_dq or need_dt else None
-    b = torch.zeros(m, d, dtype=cd, device=q.device) if need_dk else None
-    r = torch.zeros((), dtype=cd, device=q.device)
-    for i0 in range(0, n, block_q):
-        i1 = min(i0 + block_q, n)
-        qb = qc[i0:i1]
-        for jt, j0 in enumerate(range(0, m, block_k)):
-            j1 = min(j0 + block_k, m)
-            kt = kc[j0:j1]
-            s = _mm(qb, kt.T, lowp).mul_(inv_t)  # (bq, bk)
-            if sym:
-                pc = s + qbias[i0:i1, None] if qbias is not None else s.clone()
-                pc.sub_(lse_c[None, j0:j1]).exp_()
-            if kbias is not None:
-                s.add_(kbias[None, j0:j1])
-            s.sub_(lse_r[i0:i1, None]).exp_()  # P, 0 on dead rows (LSE = +inf)
-            if sym:
-                s.add_(pc)
-            # -Y: one element per row whose positive falls in this tile (unique: no races)
-            idx = col_of[i0:i1].clamp(max=j1 - j0 - 1)
-            minus = torch.where(tile_of[i0:i1] == jt, y_coef[i0:i1], 0.0)[:, None]
-            s.scatter_(1, idx, s.gather(1, idx) - minus)
-            bt = s.to(q.dtype) if lowp else s
-            if a is not None:
-                a[i0:i1] += _mm(bt, kt, lowp)
-            if b is not None:
-                b[j0:j1] += _mm(bt.T, qb, lowp)
-        if need_dt:  # sum_ij B_ij S_ij = inv_t * sum_i q_i . (B @ k)_i
-            r += (qb.to(cd) * a[i0:i1]).sum() * inv_t
-    return a, b, (r if need_dt else None)
-
-
 # ------------------------------------------------------------ the custom op (triton | torch)
 
 
@@ -457,7 +373,8 @@ def _info_nce_op(
 def _(q, k, temperature, labels, q_valid, k_valid, ignore_index, symmetric, backend, bq, bk):
     cd = _compute_dtype(q, k)
     m_c = k.shape[0] if symmetric else 0
-    return q.new_empty((), dtype=cd), q.new_empty((q.shape[0],), dtype=cd), q.new_empty((m_c,), dtype=cd)  # fmt: skip
+    n = q.shape[0]
+    return q.new_empty((), dtype=cd), q.new_empty((n,), dtype=cd), q.new_empty((m_c,), dtype=cd)
 
 
 def _backward_impl(
