@@ -75,7 +75,8 @@ select with the triton backend's reasons costs ~24 us):
   one matmul per tile shared by both directions when symmetric, in-place
   scale/mask/exp, positive logits once per query block, no host sync. Counted with a
   dispatch mode (tests/kernels/test_infonce.py): one tile-sized allocation per tile
-  step forward and backward (two when symmetric), where
+  step forward and backward (two when symmetric; on CUDA the backward adds the
+  half-size fp16/bf16 copy of B for the tensor-core matmuls), where
   the pre-issue-14 ``chunked`` backend made 3 forward and 6 backward (with a key mask).
   On CUDA, fp16/bf16 tiles multiply in the input dtype with float32 output
   (``torch.mm(..., out_dtype=torch.float32)``, PyTorch >= 2.8; the old backend upcast to
