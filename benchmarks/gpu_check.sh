@@ -21,8 +21,14 @@ step() {  # step NAME SECONDS CMD...
   timeout "$secs" "$@" 2>&1 | tee "$OUT/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]} =="
 }
-step gpu_tests 180 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x
+step gpu_tests 180 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x \
+  --ignore=tests/kernels/test_infonce.py
+step infonce_gpu_tests 150 python3 -m pytest -m gpu tests/kernels/test_infonce.py -q -p no:cacheprovider
 step attention_bench 240 python3 -m benchmarks.attention --json "$OUT/attention.json"
+# InfoNCE: triton vs torch vs reference, N = M in {4k..256k}, D in {128, 256}, + GEMM rate.
+# The reference is skipped where its N x M float32 matrices cannot fit; a provider whose
+# predicted step exceeds --max-case-s is skipped (the torch backend at 256k). ~2-3 min.
+step infonce_bench 300 python3 -m benchmarks.infonce --max-case-s 10 --json "$OUT/infonce.json"
 # Not on the GPU image, so not run here yet: benchmarks.train_throughput needs DeepSpeed
 # (+ webdataset) and benchmarks.embed needs rasterio/pyarrow/shapely. Carry their wheels
 # into .whl (see the device tool's README) and add:
