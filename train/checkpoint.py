@@ -10,16 +10,27 @@ Layout of ``<run>/checkpoints/``::
       rsfm_loss.safetensors         ours: the loss module's buffers (object prototypes)
       rsfm_rank_00000.safetensors   ours, one per rank: RNG states (python, numpy, torch,
                                     CUDA) and the data position (JSON in the metadata)
-      COMPLETE                      written last: the checkpoint is whole
+      COMPLETE                      written last: the checkpoint is whole; JSON with the
+                                    size of every file in the folder
     step_00000150.partial/          a save in progress, or one killed mid-way: ignored
-    latest_complete                 the tag of the newest complete checkpoint
+    step_00000050.deleting/         a pruned checkpoint being removed: ignored
+    latest_complete                 the tag of the newest complete checkpoint (for people;
+                                    resuming does not trust it)
 
-Commit protocol (every rank calls :func:`save_checkpoint`): all ranks write into
-``<tag>.partial/``; a barrier; rank 0 writes ``COMPLETE``, renames the folder to ``<tag>``
-and replaces ``latest_complete`` (temp file + ``os.replace``, fsynced); then it removes
-checkpoints beyond the newest ``keep`` and stale ``.partial`` folders. A run killed at any
-point leaves ``latest_complete`` naming a whole checkpoint. :func:`find_latest` trusts
-``latest_complete`` only if that folder has ``COMPLETE``, else scans for the newest one.
+Commit protocol (every rank calls :func:`save_checkpoint`): rank 0 checks that the file
+system has room for one more checkpoint (the size of the newest one, else an estimate
+from the parameter count); all ranks write into ``<tag>.partial/`` and fsync their files;
+a barrier; rank 0 writes ``COMPLETE`` (the file list with sizes, fsynced), renames the
+folder to ``<tag>``, fsyncs ``checkpoints/`` and replaces ``latest_complete``; then it
+prunes: each checkpoint beyond the newest ``keep`` is first renamed to
+``<tag>.deleting`` (atomic) and only then deleted, so a kill during pruning never leaves
+a folder that looks complete with files missing; stale ``.partial``/``.deleting``
+folders go too.
+
+Resuming (:func:`find_latest`) takes the newest checkpoint folder whose files all verify
+against its ``COMPLETE`` list (present, same size); a newer one that does not is skipped
+with a warning naming what is wrong, and the previous one is used. ``latest_complete`` is
+not trusted (a kill between the rename and its update leaves it one behind).
 Checkpoints must live on a file system that every rank sees (as DeepSpeed assumes).
 
 Security: DeepSpeed's ``*.pt`` files are pickles (``torch.load(weights_only=False)`` inside
@@ -50,7 +61,14 @@ import torch.distributed as torch_dist
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from rsfm_core.files import atomic_write_text, fsync_dir
+from rsfm_core.files import (
+    NoSpaceError,
+    atomic_write_text,
+    check_free_space,
+    fsync_dir,
+    fsync_file,
+    no_space_error,
+)
 
 from . import dist
 
@@ -59,6 +77,7 @@ log = logging.getLogger("rsfm_train")
 COMPLETE = "COMPLETE"
 LATEST = "latest_complete"
 PARTIAL = ".partial"
+DELETING = ".deleting"
 STATE_FILE = "rsfm_state.json"
 TEACHER_FILE = "rsfm_teacher.safetensors"
 LOSS_FILE = "rsfm_loss.safetensors"
@@ -172,7 +191,8 @@ def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def list_complete(root: str | Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every complete checkpoint under ``root``, oldest first."""
+    """``(step, folder)`` of every checkpoint folder under ``root`` with a ``COMPLETE``
+    marker, oldest first (see :func:`verify` for whether its files are all there)."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -184,35 +204,122 @@ def list_complete(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+# what a checkpoint written before COMPLETE listed its files must hold at least
+_REQUIRED = (STATE_FILE, TEACHER_FILE, LOSS_FILE, "mp_rank_00_model_states.pt")
+
+
+def verify(ckpt: str | Path) -> str | None:
+    """Why the checkpoint folder ``ckpt`` cannot be resumed from, or None when every file
+    its ``COMPLETE`` marker lists is present with the recorded size."""
+    ckpt = Path(ckpt)
+    marker = ckpt / COMPLETE
+    if not marker.is_file():
+        return f"no {COMPLETE} marker"
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8") or "{}")
+    except json.JSONDecodeError:
+        return f"{COMPLETE} is not JSON (damaged)"
+    files = info.get("files") if isinstance(info, dict) else None
+    if files is None:  # an older checkpoint: no list, check what every one holds
+        try:
+            world = int(json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))["world_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{STATE_FILE} is missing or damaged"
+        files = {n: None for n in (*_REQUIRED, *(rank_file(r) for r in range(world)))}
+    for name, size in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if size is not None and f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, {COMPLETE} recorded {size}"
+    return None
+
+
 def find_latest(root: str | Path) -> Path | None:
-    """The newest complete checkpoint folder under ``root`` (None if there is none)."""
+    """The newest checkpoint folder under ``root`` whose files all verify (None if there
+    is none); newer complete-looking ones that do not are skipped with a warning."""
     root = Path(root)
-    latest = root / LATEST
-    if latest.is_file():
-        cand = root / latest.read_text(encoding="utf-8").strip()
-        if (cand / COMPLETE).is_file():
-            return cand
-        log.warning("%s names %s, which is not a complete checkpoint; scanning", latest, cand)
-    found = list_complete(root)
-    return found[-1][1] if found else None
+    for _, folder in reversed(list_complete(root)):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        log.warning(
+            "checkpoint %s cannot be resumed from (%s); falling back to the previous one",
+            folder, problem,
+        )  # fmt: skip
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Rename ``folder`` out of the way (atomic; it no longer looks complete), then delete it."""
+    gone = folder if folder.name.endswith((PARTIAL, DELETING)) else None
+    if gone is None:
+        gone = folder.with_name(folder.name + DELETING)
+        if gone.exists():
+            shutil.rmtree(gone, ignore_errors=True)
+        os.replace(folder, gone)
+        fsync_dir(folder.parent)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def prune(root: str | Path, keep: int) -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep`` (0 keeps all) and stale
-    ``.partial`` folders; returns what was removed. Call on one rank, after a commit."""
+    ``.partial``/``.deleting`` folders; returns what was removed. Call on one rank, after
+    a commit. A checkpoint is renamed to ``<tag>.deleting`` before its files go."""
     root = Path(root)
-    removed = [p for p in root.glob(f"step_*{PARTIAL}") if p.is_dir()]
+    removed = [
+        p for p in root.glob("step_*") if p.is_dir() and p.name.endswith((PARTIAL, DELETING))
+    ]
     found = list_complete(root)
     if keep > 0:
         removed += [p for _, p in found[:-keep]]
     for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
+        _discard(p)
     if removed:
         log.info("removed old checkpoints: %s", ", ".join(p.name for p in removed))
     return removed
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
 # ------------------------------------------------------------------------- save / load
+
+
+def _space_needed(root: Path, estimate: int) -> int:
+    """Bytes one more checkpoint needs: the newest complete one's size (+5 %), else
+    ``estimate`` (the caller's guess from the parameter count)."""
+    found = list_complete(root)
+    size = folder_bytes(found[-1][1]) if found else estimate
+    return int(size * 1.05) + 2**20
+
+
+def _all_ok(ok: bool, device: Any) -> bool:
+    """Whether every rank is ok (a collective: every rank calls it)."""
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    return not bool(dist.all_reduce_sum(flag).item() > 0)
+
+
+def _write_files(engine, tmp: Path, state: TrainState, teacher, loss_module, data_position,
+                 extra: dict[str, Any]) -> None:  # fmt: skip
+    """Every file of this rank into ``tmp``, fsynced."""
+    rank, world = dist.rank(), dist.world_size()
+    engine.save_checkpoint(str(tmp.parent), tag=tmp.name, save_latest=False)
+    tensors, meta = rng_state()
+    meta["data_position"] = encode_position(data_position)
+    meta.update(rank=rank, world_size=world)
+    save_file(tensors, str(tmp / rank_file(rank)), metadata={"rsfm": json.dumps(meta)})
+    if rank == 0:
+        save_file(_state_dict(teacher), str(tmp / TEACHER_FILE))
+        save_file(_state_dict(loss_module), str(tmp / LOSS_FILE))
+        info = {**dataclasses.asdict(state), "tag": tmp.name[: -len(PARTIAL)], "world_size": world,
+                "zero_stage": int(engine.zero_optimization_stage()), "time": time.time(),
+                **extra}  # fmt: skip
+        (tmp / STATE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    for f in tmp.iterdir():  # this rank's files, and the rest too (cheap when clean)
+        if f.is_file():
+            fsync_file(f)
 
 
 def save_checkpoint(
@@ -224,39 +331,54 @@ def save_checkpoint(
     data_position: Any,
     keep: int = 0,
     before_commit: Callable[[Path], None] | None = None,
+    extra: dict[str, Any] | None = None,
+    estimate: int = 0,
 ) -> Path:
     """Save a complete checkpoint of step ``state.step`` (collective: every rank calls).
 
-    ``teacher`` is the teacher's module (its state dict is saved); ``before_commit`` is a
-    test hook called on every rank once all files are written, before ``COMPLETE``.
+    ``teacher`` is the teacher's module (its state dict is saved); ``extra``: more JSON
+    for ``rsfm_state.json`` (the engine records the model's tensor shapes and config);
+    ``estimate``: bytes of a checkpoint when there is none yet to measure (free-space
+    check); ``before_commit`` is a test hook called on every rank once all files are
+    written, before ``COMPLETE``. A full disk raises :class:`NoSpaceError` ("no space left
+    on <folder>") and leaves no ``.partial`` folder behind (rank 0).
     """
     root = Path(root)
     tag = tag_for(state.step)
     tmp, final = root / f"{tag}{PARTIAL}", root / tag
-    rank, world = dist.rank(), dist.world_size()
+    rank = dist.rank()
+    what = f"checkpoint {tag}"
+    need, problem = 0, None
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
-    _barrier()
+        need = _space_needed(root, estimate)
+        try:
+            check_free_space(root, need, what)
+        except NoSpaceError as e:
+            problem = e
+    if not _all_ok(problem is None, engine.device):  # also the barrier before writing
+        raise problem or CheckpointError(f"rank 0 cannot save {what} (see its log)")
     t0 = time.perf_counter()
-    engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
-    tensors, meta = rng_state()
-    meta["data_position"] = encode_position(data_position)
-    meta.update(rank=rank, world_size=world)
-    save_file(tensors, str(tmp / rank_file(rank)), metadata={"rsfm": json.dumps(meta)})
-    if rank == 0:
-        save_file(_state_dict(teacher), str(tmp / TEACHER_FILE))
-        save_file(_state_dict(loss_module), str(tmp / LOSS_FILE))
-        info = {**dataclasses.asdict(state), "tag": tag, "world_size": world,
-                "zero_stage": int(engine.zero_optimization_stage()), "time": time.time()}  # fmt: skip
-        (tmp / STATE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    try:
+        _write_files(engine, tmp, state, teacher, loss_module, data_position, dict(extra or {}))
+    except Exception as e:
+        written = folder_bytes(tmp) if tmp.is_dir() else 0
+        full = no_space_error(e, root, what, need=max(need - written, 2**20))
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
+        raise
     _barrier()
     if before_commit is not None:
         before_commit(tmp)
     if rank == 0:
-        atomic_write_text(tmp / COMPLETE, json.dumps({"tag": tag, "step": state.step}) + "\n")
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        marker = {"tag": tag, "step": state.step, "files": files}
+        atomic_write_text(tmp / COMPLETE, json.dumps(marker, indent=1) + "\n")
         if final.exists():  # re-reaching a step after resuming from an older checkpoint
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         fsync_dir(root)
         atomic_write_text(root / LATEST, tag + "\n")
@@ -264,6 +386,17 @@ def save_checkpoint(
     _barrier()
     log.info("saved checkpoint %s in %.1f s", final, time.perf_counter() - t0)
     return final
+
+
+def read_state(ckpt: str | Path) -> dict[str, Any]:
+    """``rsfm_state.json`` of a checkpoint folder (counters, world size, shapes, config)."""
+    f = Path(ckpt) / STATE_FILE
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{f}: missing or damaged ({e}); resume from another checkpoint"
+        ) from None
 
 
 def load_checkpoint(
@@ -274,18 +407,26 @@ def load_checkpoint(
     rank's data position. The same world size is required (data positions are per rank).
     """
     ckpt = Path(ckpt)
-    if not (ckpt / COMPLETE).is_file():
-        raise CheckpointError(f"{ckpt} is not a complete checkpoint (no {COMPLETE} file)")
-    info = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    problem = verify(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"{ckpt} cannot be resumed from: {problem}")
+    info = read_state(ckpt)
     rank, world = dist.rank(), dist.world_size()
     if info["world_size"] != world:
         raise CheckpointError(
             f"{ckpt} was written by {info['world_size']} ranks; this run has {world}. Exact "
             "resume needs the same number of ranks (each rank's data position and RNG state)"
         )
-    path, _ = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        path, _ = engine.load_checkpoint(
+            str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )  # fmt: skip
+    except (AssertionError, RuntimeError, KeyError, OSError) as e:  # DeepSpeed's own checks
+        raise CheckpointError(
+            f"DeepSpeed could not load {ckpt}: {type(e).__name__}: {e}; the checkpoint does not "
+            "fit this run (model, ZeRO stage or world size) or is damaged"
+        ) from e
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt}")
     teacher.load_state_dict(load_file(str(ckpt / TEACHER_FILE)))

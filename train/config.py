@@ -338,6 +338,47 @@ def validate(cfg: PretrainConfig) -> None:
             f"deepspeed.extra must not set {clash}: they are derived from the other sections "
             "(deepspeed.micro_batch/grad_accum/bf16, optim.*)"
         )
+    validate_model(cfg)
+
+
+def validate_model(cfg: PretrainConfig) -> None:
+    """The config against the model registry, before anything is built or launched:
+    ``model.name`` is registered, ``model.overrides`` are valid config fields, every
+    ``data.modalities`` entry is a modality the model declares, and views are whole
+    tokens of the finest modality (``data.crop_size``); synthetic data needs equal
+    patches. Builds no tensors (``rsfm_core.model.get_config``)."""
+    from rsfm_core.model import get_config, list_models
+
+    name = cfg.model.name
+    try:
+        model = get_config(name, **cfg.model.overrides)
+    except KeyError:
+        raise ConfigError(
+            f"model.name: {name!r} is not a registered model; registered: {list_models()}"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.overrides: {e}") from None
+    declared = model.modalities
+    missing = [m for m in cfg.data.modalities if m not in declared]
+    if missing:
+        have = ", ".join(f"{n} ({m.sensor})" for n, m in declared.items())
+        raise ConfigError(
+            f"data.modalities {missing} are not modalities of model {name!r}, which declares "
+            f"{have}; list only those, or declare more in model.overrides.modalities"
+        )
+    patches = {declared[m].patch for m in cfg.data.modalities}
+    finest = max(patches, default=1)
+    if cfg.data.crop_size % finest:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} is not a multiple of the token size ({finest} "
+            f"px of the finest of {cfg.data.modalities} in model {name!r}); views must be "
+            "whole tokens"
+        )
+    if cfg.data.source == "synthetic" and len(patches) > 1:
+        raise ConfigError(
+            f"data.modalities {cfg.data.modalities} have different patches {sorted(patches)}; "
+            "synthetic scenes render every sensor on one 10 m grid (use data.source=shards)"
+        )
 
 
 _DERIVED_DS_KEYS = {

@@ -23,7 +23,14 @@ warmup-cosine LR schedule, all from ``deepspeed_config(cfg, world_size)``. We ad
   Skips are counted in our state and logged loudly; after ``run.max_nonfinite_skips`` in a
   row the run stops with :class:`NonFiniteError`.
 - **Exact resume**: see :mod:`rsfm_train.checkpoint` (teacher, prototypes, RNG, data
-  position, counters next to DeepSpeed's files).
+  position, counters next to DeepSpeed's files). Each checkpoint records the student's
+  tensor shapes and the encoder config; :func:`check_resume` compares them with the
+  config being resumed before anything is built or written.
+- **One run per folder**: rank 0 holds an exclusive lock on ``<out_dir>/.rsfm_run.lock``
+  from construction to :meth:`Trainer.close` (a second process is refused, a killed one
+  holds nothing). The run metadata (config.yaml, ds_config.json, git.json,
+  encoder_config.json) is written when training starts (:meth:`Trainer.fit`), i.e. after
+  a resume was loaded: a refused resume leaves the folder as it was.
 - Metrics (:mod:`rsfm_train.metrics`).
 
 bf16: DeepSpeed casts the student's parameters to bf16; the forward runs under
@@ -50,10 +57,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rsfm_core.files import atomic_write_text
+from rsfm_core.files import atomic_write_text, exclusive_lock, stale_temps
 
 from . import dist
-from .checkpoint import TrainState, find_latest, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    TrainState,
+    find_latest,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
 from .losses import ContrastiveInputs, ContrastiveLoss, LossTerms, ProjectionHeads
 from .metrics import FlopCounter, MetricsWriter, count_tokens, peak_flops
@@ -62,6 +76,7 @@ from .teacher import EMATeacher
 log = logging.getLogger("rsfm_train")
 
 LOSS_TERMS = ("pixel", "object", "image", "cross_modal")
+LOCK_NAME = ".rsfm_run.lock"
 
 
 class NonFiniteError(RuntimeError):
@@ -307,6 +322,61 @@ def contrastive_inputs(
     )
 
 
+# ------------------------------------------------------------------ resume checks
+
+
+def student_shapes(cfg: PretrainConfig) -> dict[str, list[int]]:
+    """The shape of every student parameter (encoder + heads) that ``cfg`` builds,
+    computed on the meta device (nothing allocated)."""
+    from rsfm_core.model import build_model
+
+    with torch.device("meta"):
+        encoder = build_model(cfg.model.name, **cfg.model.overrides)
+        student = PretrainModule(encoder, ProjectionHeads(encoder.embed_dim, cfg.loss))
+    return {n: list(p.shape) for n, p in student.named_parameters()}
+
+
+def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    keys = [k for k in sorted(set(a) | set(b)) if k not in ("sensors", "name")]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_resume(ckpt: str | Path, cfg: PretrainConfig, world_size: int | None = None) -> None:
+    """Raise :class:`~rsfm_train.checkpoint.CheckpointError` when the checkpoint folder
+    ``ckpt`` cannot be resumed by ``cfg`` on ``world_size`` ranks (default: the launcher's
+    ``WORLD_SIZE``): other tensor shapes (a changed model or head width) or another rank
+    count. Reads JSON and builds on the meta device only: call it before anything starts."""
+    from rsfm_core.model import get_config
+
+    info = read_state(ckpt)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if info.get("world_size", world) != world:
+        raise CheckpointError(
+            f"{ckpt} was written by {info['world_size']} ranks; this run has {world}. Exact "
+            "resume needs the same number of ranks (each rank's data position and RNG state)"
+        )
+    saved = info.get("shapes")
+    if saved is None:  # written before shapes were recorded: DeepSpeed's load will check
+        return
+    now = student_shapes(cfg)
+    bad = [n for n in sorted(set(saved) | set(now)) if saved.get(n) != now.get(n)]
+    if not bad:
+        return
+    shown = "; ".join(f"{n}: {saved.get(n)} there, {now.get(n)} here" for n in bad[:4])
+    diff = []
+    if "encoder_config" in info:
+        here = get_config(cfg.model.name, **cfg.model.overrides).to_dict()
+        diff = _config_diff(info["encoder_config"], here)
+    if "loss" in info:
+        diff += [f"loss.{d}" for d in _config_diff(info["loss"], cfg.loss.model_dump())]
+    raise CheckpointError(
+        f"{ckpt} holds a model of other shapes than this config builds ({len(bad)} tensors "
+        f"differ, e.g. {shown})"
+        + (f"; changed settings: {', '.join(diff)}" if diff else "")
+        + ". Resume with the run's own settings (its config.yaml) or start a new run.out_dir"
+    )
+
+
 # ------------------------------------------------------------------ the trainer
 
 
@@ -323,10 +393,6 @@ class Trainer:
     def __init__(
         self, cfg: PretrainConfig, run_dir: str | Path | None = None, progress: bool = True
     ):
-        import deepspeed
-
-        from rsfm_core.model import build_model
-
         init_distributed()
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.run.out_dir)
@@ -335,11 +401,31 @@ class Trainer:
         self.progress = progress
         self.fault_hook: Callable[[int, ContrastiveInputs], ContrastiveInputs] | None = None
         self.before_commit: Callable[[Path], None] | None = None
+        self._hooks: list[Any] = []
+        self._lock = self._take_lock()
+        self._metadata_written = False
+        self.corrupt_samples: list[str] = []
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg: PretrainConfig) -> None:
+        import deepspeed
+
+        from rsfm_core.model import build_model
+
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
         encoder = build_model(cfg.model.name, **cfg.model.overrides)
         student = PretrainModule(
             encoder, ProjectionHeads(encoder.embed_dim, cfg.loss), cfg.deepspeed.bf16
         )
+        self.encoder_config = encoder.config.to_dict()
+        self.shapes = {n: list(p.shape) for n, p in student.named_parameters()}
+        numel = sum(p.numel() for p in student.parameters())
+        # module + fp32 masters + two Adam moments + the fp32 teacher, bytes per parameter
+        self.ckpt_estimate = numel * (4 + 4 + 8 + 4)
         self.teacher = EMATeacher(student)
         self.loss_fn = ContrastiveLoss(cfg.loss, dim=cfg.loss.head_dim)
         o = cfg.optim
@@ -367,11 +453,31 @@ class Trainer:
         self._bad = torch.zeros((), device=self.device)
         self._hooks = [p.register_hook(self._grad_hook) for p in self.engine.module.parameters()]
         seed_everything(cfg.run.seed + 1000 * self.rank)  # per-rank streams from here on
-        if self.rank == 0:
-            write_run_metadata(self.run_dir, cfg, self.ds_config, encoder)
         n = sum(p.numel() for p in student.parameters())
         log.info("student: %s + heads, %.2fM parameters, ZeRO %d, %s, %d rank(s)", cfg.model.name,
                  n / 1e6, cfg.deepspeed.zero_stage, "bf16" if cfg.deepspeed.bf16 else "fp32", self.world)  # fmt: skip
+
+    def _take_lock(self) -> Any:
+        """Rank 0: the run folder's lock, held until :meth:`close`; stale temporaries of
+        killed runs are removed once it is held."""
+        if self.rank != 0:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = exclusive_lock(self.run_dir / LOCK_NAME, f"run folder {self.run_dir}")
+        lock.__enter__()
+        names = ("config.yaml", "ds_config.json", "git.json", "encoder_config.json",
+                 "metrics.jsonl", "checkpoints/latest_complete")  # fmt: skip
+        for name in names:
+            for tmp in stale_temps(self.run_dir / name):
+                tmp.unlink(missing_ok=True)
+        return lock
+
+    def write_metadata(self) -> None:
+        """The resolved config, DeepSpeed JSON, git revision and encoder config (rank 0),
+        once; :meth:`fit` calls it, after any resume was loaded."""
+        if self.rank == 0 and not self._metadata_written:
+            write_run_metadata(self.run_dir, self.cfg, self.ds_config, self.student.encoder)
+        self._metadata_written = True
 
     # -------------------------------------------------------------- one step
     @property
@@ -469,7 +575,7 @@ class Trainer:
             st.nonfinite_consecutive += 1
             if self.rank == 0:
                 log.error("NON-FINITE loss or gradient at step %d on %d rank(s): step skipped "
-                          "(%d in a row, %d in total)", st.step, int(vec[0]),
+                          "(%d in a row, %d in total)", st.step + 1, int(vec[0]),
                           st.nonfinite_consecutive, st.nonfinite_total)  # fmt: skip
         else:
             st.nonfinite_consecutive = 0
@@ -502,6 +608,7 @@ class Trainer:
         every ``run.ckpt_every`` steps and at the end. ``loader`` yields ViewPairs and has
         ``state()`` (the data position saved in checkpoints)."""
         cfg = self.cfg
+        self.write_metadata()
         target = cfg.optim.total_steps if max_steps is None else max_steps
         writer = MetricsWriter(self.run_dir, self.rank, target, cfg.run.log_every,
                                self.state.step, self.progress)  # fmt: skip
@@ -527,9 +634,19 @@ class Trainer:
                     last_saved = self.state.step
         finally:
             writer.close()
+            self._report_corrupt(loader)
         if last_saved != self.state.step:
             self.save(loader.state())
         return self.state
+
+    def _report_corrupt(self, loader: Any) -> None:
+        state = getattr(loader, "state", None)
+        position = state() if callable(state) else None
+        bad = list(getattr(position, "corrupt_samples", list)())
+        self.corrupt_samples = bad
+        if bad:
+            log.warning("rank %d skipped %d corrupt sample(s) (each once): %s",
+                        self.rank, len(bad), ", ".join(bad))  # fmt: skip
 
     def _throughput(
         self, rec: dict[str, float], data_s: float, compute_s: float
@@ -546,9 +663,12 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def save(self, data_position: Any) -> Path:
         """A complete checkpoint of the current step (collective)."""
+        extra = {"shapes": self.shapes, "encoder_config": self.encoder_config,
+                 "loss": self.cfg.loss.model_dump()}  # fmt: skip
         return save_checkpoint(
             self.engine, self.ckpt_dir, self.state, self.teacher.module, self.loss_fn,
             data_position, keep=self.cfg.run.keep_ckpts, before_commit=self.before_commit,
+            extra=extra, estimate=self.ckpt_estimate,
         )  # fmt: skip
 
     def load(self, ckpt: str | Path | None = None) -> Any:
@@ -557,6 +677,7 @@ class Trainer:
         path = Path(ckpt) if ckpt is not None else find_latest(self.ckpt_dir)
         if path is None:
             return None
+        check_resume(path, self.cfg, self.world)
         self.state, position = load_checkpoint(self.engine, path, self.teacher.module, self.loss_fn)
         return position
 
@@ -565,20 +686,27 @@ class Trainer:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        destroy = getattr(self.engine, "destroy", None)
+        engine = getattr(self, "engine", None)
+        destroy = getattr(engine, "destroy", None)
         if destroy is not None:
             destroy()
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
 
 __all__ = [
+    "LOCK_NAME",
     "NonFiniteError",
     "PretrainModule",
     "Projected",
     "StepGate",
     "Trainer",
+    "check_resume",
     "config_to_dict",
     "contrastive_inputs",
     "init_distributed",
     "param_groups",
     "seed_everything",
+    "student_shapes",
 ]

@@ -4,7 +4,10 @@ Per optimizer step the engine logs each loss term, the learning rate, the gradie
 samples/s and tokens/s (global: all ranks), MFU, and the split of wall time between
 waiting for data and computing. :class:`MetricsWriter` sends them to
 
-- ``metrics.jsonl`` in the run folder (one JSON object per step; rank 0),
+- ``metrics.jsonl`` in the run folder (one JSON object per optimizer step; rank 0). A
+  resumed run first drops the records after the step it resumes from (a killed run may
+  have logged steps past its last checkpoint; they are run again), so every step has
+  exactly one record, the one of the steps that the checkpoints continue,
 - TensorBoard (``tensorboard/`` in the run folder) when the package is installed; when it
   is not, that is logged once and nothing else happens,
 - a tqdm progress bar on rank 0 (stdout) and a ``logging`` line every ``log_every`` steps.
@@ -124,6 +127,8 @@ class MetricsWriter:
         self._bar = None
         if not self.enabled:
             return
+        if self.path.exists():
+            drop_records_after(self.path, start_step)
         self._tb = _tensorboard(Path(run_dir) / "tensorboard")
         if progress:
             from tqdm.auto import tqdm
@@ -159,6 +164,27 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def drop_records_after(path: Path, step: int) -> int:
+    """Rewrite the JSONL ``path`` (atomically) without records of steps after ``step``
+    and without torn lines (a kill mid-write); returns how many lines were dropped."""
+    from rsfm_core.files import atomic_write_text
+
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            ok = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok and line.endswith("\n"):
+            keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
+        log.info("%s: dropped %d record(s) after step %d (run again after the resume)",
+                 path, len(lines) - len(keep), step)  # fmt: skip
+    return len(lines) - len(keep)
 
 
 def format_record(rec: Mapping[str, Any]) -> str:

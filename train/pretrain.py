@@ -9,10 +9,17 @@ docs/training.md); every rank runs this code, rank 0 writes the run folder's met
 metrics and the shared checkpoint files. ``python -m rsfm_train.pretrain`` is the same
 command without the ``rsfm`` entry point.
 
-Resume: ``--resume`` (= ``run.resume=auto``) continues from the newest complete checkpoint
-of ``run.out_dir``; ``--resume-from PATH`` (= ``run.resume=PATH``) from that folder.
-Without it, a run folder that already holds checkpoints is refused rather than mixed
-with a new run's.
+Resume: ``--resume`` (= ``run.resume=auto``) continues from the newest checkpoint of
+``run.out_dir`` whose files all verify; ``--resume-from PATH`` (= ``run.resume=PATH``)
+from that folder. Without it, a run folder that already holds checkpoints is refused
+rather than mixed with a new run's.
+
+Order of a start, so that a refusal changes nothing: the config is checked against the
+model registry (``load_config``), the checkpoint to resume is chosen and checked against
+the config (tensor shapes, rank count) -- all before the process group, DeepSpeed or any
+file of the run folder is touched; then the run folder's lock is taken (a second run on
+the same folder is refused), the engine built, the checkpoint loaded, and only then is
+the run metadata written.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
 
     ``auto`` with no checkpoint yet starts fresh; ``no`` with checkpoints present raises.
     """
-    from .checkpoint import CheckpointError, find_latest
+    from .checkpoint import CheckpointError, find_latest, verify
 
     latest = find_latest(ckpt_dir)
     if resume == "no":
@@ -48,6 +55,9 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"run.resume={resume!r}: no such checkpoint folder")
+    problem = verify(path)
+    if problem is not None:
+        raise CheckpointError(f"run.resume={resume!r} cannot be resumed from: {problem}")
     return path
 
 
@@ -57,10 +67,13 @@ def run_pretrain(
     """Train ``cfg`` (a ``PretrainConfig``) to ``optim.total_steps`` (or ``max_steps``);
     returns the final ``TrainState``. ``loader_factory``: ``make_loader``'s signature
     (default: :func:`rsfm_train.data.make_loader`)."""
-    from .engine import Trainer, init_distributed
+    from .config import validate_model
+    from .engine import Trainer, check_resume
 
-    init_distributed()
+    validate_model(cfg)  # load_config did; a config built in Python may not have been
     ckpt = resolve_resume(cfg.run.resume, Path(cfg.run.out_dir) / "checkpoints")
+    if ckpt is not None:
+        check_resume(ckpt, cfg)
     trainer = Trainer(cfg, progress=progress)
     try:
         position = trainer.load(ckpt) if ckpt is not None else None
@@ -120,7 +133,10 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from rsfm_core.files import LockedError, NoSpaceError
+
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, load_config
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -128,8 +144,12 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume or args.resume_from:
         overrides.append(f"run.resume={args.resume_from or 'auto'}")
-    cfg = load_config(args.config, overrides)
-    state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
+    try:
+        cfg = load_config(args.config, overrides)
+        state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
+    except (ConfigError, CheckpointError, LockedError, NoSpaceError, FileNotFoundError) as e:
+        print(f"rsfm pretrain: error: {e}", file=sys.stderr)  # what to do, no traceback
+        return 2
     print(f"done: step {state.step}, {state.samples} samples, {state.nonfinite_total} skipped "
           f"step(s); run folder {cfg.run.out_dir}")  # fmt: skip
     return 0

@@ -101,6 +101,79 @@ def test_range_and_cross_field_checks(override, match):
         load_config("tiny_cpu", [override])
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["data.modalities=[s2, landsat]"], r"\['landsat'\] are not modalities of model "
+         r"'rsfm_tiny', which declares s2 \(sentinel2_l2a\), s1 \(sentinel1_grd\), hs \(enmap\)"),
+        (["model.name=rsfm_huge"], r"model.name: 'rsfm_huge' is not a registered model"),
+        (["model.overrides={widht: 3}"], r"model.overrides: unknown config keys \['widht'\]"),
+        (["data.crop_size=30"], r"crop_size=30 is not a multiple of the token size \(4 px"),
+        (["data.modalities=[s2, rgb]", "data.crop_size=80"], "different patches"),
+    ],
+)  # fmt: skip
+def test_config_is_checked_against_the_model_registry(overrides, match):
+    """Before any process group or DeepSpeed engine exists (load_config runs first)."""
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny_cpu", overrides)
+
+
+@pytest.fixture(scope="module")
+def twelve_shards(tmp_path_factory):
+    """12 one-sample shards (the shipped multi-node configs run 10-12 loader workers)."""
+    from rsfm_train.data.prepare import PrepareOptions, prepare_synthetic
+
+    out = tmp_path_factory.mktemp("shards")
+    opts = PrepareOptions(out, chip=16, samples_per_shard=1, buffer_mb=0.2, min_valid=0.0, seed=1)
+    prepare_synthetic(3, opts, size=32, num_dates=2)
+    return out
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_every_shipped_yaml_builds_its_model_and_loader(path, twelve_shards):
+    """The student (encoder + heads) on the meta device, the DeepSpeed JSON and the data
+    loader of every shipped config; one batch where the data is synthetic."""
+    import torch
+    from rsfm_train.data import make_loader
+    from rsfm_train.engine import student_shapes
+
+    from rsfm_core.model import build_model
+
+    cfg = load_config(path)
+    if cfg.data.source == "shards":
+        cfg = load_config(path, [f"data.shards={twelve_shards}"])
+    with torch.device("meta"):
+        encoder = build_model(cfg.model.name, **cfg.model.overrides)
+    assert set(cfg.data.modalities) <= set(encoder.config.modalities)
+    assert any(n.startswith("heads.") for n in student_shapes(cfg))
+    assert (
+        deepspeed_config(cfg, world_size=8)["zero_optimization"]["stage"]
+        == cfg.deepspeed.zero_stage
+    )
+    loader = make_loader(cfg, rank=0, world_size=1)
+    if cfg.data.source == "synthetic":
+        small = load_config(path, ["deepspeed.micro_batch=1", "data.workers=0"])
+        pair = next(iter(make_loader(small, 0, 1)))
+        assert set(pair.view1) <= set(cfg.data.modalities) and set(pair.view2) <= set(
+            cfg.data.modalities
+        )
+        d = next(iter(pair.view1.values()))
+        assert (
+            d.pixels.shape[-1] == cfg.data.crop_size
+            and d.pixels.shape[1] == cfg.data.dates_per_view
+        )
+    assert loader.state().workers == max(1, cfg.data.workers)
+
+
+def test_tiny_cpu_trains_two_steps(tmp_path):
+    """The CPU demo config as shipped (only the run folder and step count changed)."""
+    from rsfm_train.pretrain import run_pretrain
+
+    cfg = load_config("tiny_cpu", [f"run.out_dir={tmp_path}", "run.ckpt_every=0"])
+    state = run_pretrain(cfg, max_steps=2, progress=False)
+    assert state.step == 2 and (tmp_path / "checkpoints" / "step_00000002").is_dir()
+
+
 def test_missing_file_lists_packaged_configs():
     with pytest.raises(FileNotFoundError, match="tiny_cpu"):
         load_config("no_such_config")

@@ -200,6 +200,26 @@ def test_corrupt_sample_is_skipped_and_counted(shard_dir, tmp_path, caplog):
         _ids(make_loader(_cfg(bad, "data.max_corrupt=1"), epochs=1))
 
 
+def test_a_bad_sample_counts_once_however_often_it_is_read(shard_dir, tmp_path, caplog):
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    key = _corrupt_member(bad / "shard-000002.tar", "s2.pixels.npy")
+    with caplog.at_level(logging.WARNING, logger="rsfm_train"):
+        loader = make_loader(_cfg(bad, "data.max_corrupt=1"), epochs=3)  # 3 reads of it
+        ids = _ids(loader)
+    assert len(ids) == 3 * 15 and key not in ids
+    assert loader.state().corrupt_samples() == [f"{bad / 'shard-000002.tar'}#{key}"]
+    assert sum(key in r.getMessage() for r in caplog.records) == 1  # logged (and decoded) once
+    # a resumed stream knows it too: no new count, no new warning
+    state = loader.state().to_dict()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rsfm_train"):
+        resumed = make_loader(_cfg(bad, "data.max_corrupt=1"), start=state, epochs=5)
+        assert len(_ids(resumed)) == 2 * 15
+    assert resumed.state().corrupt_samples() == loader.state().corrupt_samples()
+    assert not any(key in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------------------- synthetic
 
 

@@ -29,9 +29,12 @@ loader renames its workers (physical ``i`` runs stream ``(i + next_worker) % W``
 yields exactly the batches the uninterrupted run would have. This holds while streams
 are endless; with ``epochs=`` set, streams that end early change the round-robin.
 
-Corrupt samples (undecodable members, truncated tars) are logged and counted per
-stream (the count is part of the position); more than ``data.max_corrupt`` in one stream
-aborts with :class:`DataError`.
+Corrupt samples (undecodable members, truncated tars) are logged and remembered per
+stream by identity (shard URL + sample key, or shard URL + tar error), in the position:
+a known-bad sample is skipped without decoding or counting when a later epoch (or a
+resumed run) reads it again, so ``data.max_corrupt`` bounds the number of *distinct*
+bad samples of one stream; past it the run aborts with :class:`DataError`. The list is
+reported at the end of training (``DataPosition.corrupt_samples``).
 """
 
 from __future__ import annotations
@@ -87,7 +90,12 @@ class StreamPosition:
     epoch: int = 0
     shards_done: int = 0
     samples_done: int = 0
-    corrupt: int = 0  # corrupt samples skipped so far
+    corrupt: int = 0  # distinct corrupt samples met so far (= len(bad))
+    bad: list[str] = field(default_factory=list)  # their identities: "<url>#<key>"
+
+    def moved(self, epoch: int, shards_done: int, samples_done: int) -> StreamPosition:
+        """The same stream (same known-bad samples) at another place."""
+        return StreamPosition(epoch, shards_done, samples_done, self.corrupt, list(self.bad))
 
 
 @dataclass
@@ -110,13 +118,17 @@ class DataPosition:
         """The epoch every stream of this rank has reached."""
         return min(s.epoch for s in self.streams)
 
+    def corrupt_samples(self) -> list[str]:
+        """Every distinct corrupt sample this rank's streams skipped (``<url>#<key>``)."""
+        return [b for s in self.streams for b in s.bad]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> DataPosition:
         d = dict(d)
-        d["streams"] = [StreamPosition(**s) for s in d["streams"]]
+        d["streams"] = [StreamPosition(**s) for s in d["streams"]]  # "bad" absent before v0.2
         return DataPosition(**d)
 
 
@@ -183,9 +195,9 @@ class SyntheticSource:
             order = own[_rng(self.seed, "synthetic", pos.epoch, stream).permutation(len(own))]
             for j in range(pos.samples_done, len(order)):
                 last = j + 1 == len(order)
-                after = StreamPosition(pos.epoch + last, 0, 0 if last else j + 1, pos.corrupt)
+                after = pos.moved(pos.epoch + last, 0, 0 if last else j + 1)
                 yield f"synthetic-{int(order[j]):06d}", pos.epoch, self.scene(int(order[j])), after
-            pos = StreamPosition(pos.epoch + 1, 0, 0, pos.corrupt)
+            pos = pos.moved(pos.epoch + 1, 0, 0)
 
 
 class ShardSource:
@@ -198,17 +210,19 @@ class ShardSource:
         perm = _rng(self.seed, "shards", epoch).permutation(len(self.urls))
         return [self.urls[i] for i in perm[stream::n_streams]]
 
-    def _corrupt(self, count: int, stream: int, what: str) -> int:
-        """Log one corrupt sample; returns the new count or raises past the threshold."""
-        count += 1
-        log.warning("corrupt sample skipped (stream %d, %d so far): %s", stream, count, what)
-        if count > self.max_corrupt:
+    def _corrupt(self, pos: StreamPosition, stream: int, ident: str, what: str) -> None:
+        """Remember one corrupt sample (once per identity); raise past the threshold."""
+        if ident in pos.bad:
+            return
+        pos.bad.append(ident)
+        pos.corrupt = len(pos.bad)
+        log.warning("corrupt sample skipped (stream %d, %d so far): %s", stream, pos.corrupt, what)
+        if pos.corrupt > self.max_corrupt:
             raise DataError(
-                f"{count} corrupt samples in data stream {stream} exceed data.max_corrupt="
-                f"{self.max_corrupt}; last: {what}. Check the shards with `rsfm prepare --verify "
-                "DIR`, rewrite them, or raise data.max_corrupt"
+                f"{pos.corrupt} distinct corrupt samples in data stream {stream} exceed "
+                f"data.max_corrupt={self.max_corrupt}: {pos.bad}. Check the shards with "
+                "`rsfm prepare --verify DIR`, rewrite them, or raise data.max_corrupt"
             )
-        return count
 
     def _next(self, epoch: int, g: int, done: int, n_raws: int, n_shards: int) -> tuple[int, ...]:
         """(epoch, shards_done, samples_done) after ``done`` samples of group ``g``,
@@ -220,12 +234,8 @@ class ShardSource:
     def samples(
         self, stream: int, n_streams: int, start: StreamPosition, epochs: int | None
     ) -> Iterator[Emitted]:
-        epoch, first, skip, corrupt = (
-            start.epoch,
-            start.shards_done,
-            start.samples_done,
-            start.corrupt,
-        )
+        epoch, first, skip = start.epoch, start.shards_done, start.samples_done
+        pos = start.moved(epoch, first, skip)  # carries the known-bad samples along
         while epochs is None or epoch < epochs:
             mine = self.epoch_shards(stream, n_streams, epoch)
             if not mine:
@@ -236,19 +246,22 @@ class ShardSource:
                 )
             for g in range(first, len(mine), self.group):
                 raws, errors = read_shards(mine[g : g + self.group])
-                for e in errors if skip == 0 else []:  # not again on a resumed re-read
-                    corrupt = self._corrupt(corrupt, stream, f"tar error {e}")
+                shards = ",".join(mine[g : g + self.group])
+                for e in errors:  # a known one (resumed or later epoch) is not counted again
+                    self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
                 order = _rng(self.seed, "shuffle", epoch, stream, g).permutation(len(raws))
                 for j in range(skip, len(raws)):
                     raw = raws[order[j]]
+                    ident = f"{raw.get('__url__')}#{raw.get('__key__')}"
+                    if ident in pos.bad:  # met before (an earlier epoch): skip quietly
+                        continue
                     try:
                         sample = decode_sample(raw)
                     except CorruptSample as e:
-                        what = f"{raw.get('__url__')} sample {raw.get('__key__')}: {e}"
-                        corrupt = self._corrupt(corrupt, stream, what)
+                        self._corrupt(pos, stream, ident, f"{ident}: {e}")
                         continue
                     after = self._next(epoch, g, j + 1, len(raws), len(mine))
-                    yield raw["__key__"], epoch, sample, StreamPosition(*after, corrupt)
+                    yield raw["__key__"], epoch, sample, pos.moved(*after)
                 skip = 0
             epoch, first = epoch + 1, 0
 
