@@ -69,8 +69,9 @@ def add_parser(sub) -> None:
     opt("--positions", choices=("tile", "global"), help="position frame (default tile)")
     opt("--region", help="ROW,COL,HEIGHT,WIDTH window of the reference raster to embed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--verify", default="auto", choices=("auto", "strict", "off"),
-                   help="checkpoint SHA-256 check (default auto: when recorded)")  # fmt: skip
+    p.add_argument("--verify", default="on", choices=("on", "off"),
+                   help="checkpoint SHA-256 check (default on: a recorded digest must match; "
+                   "off: load unverified weights you trust)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

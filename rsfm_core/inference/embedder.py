@@ -76,7 +76,7 @@ class Embedder:
         *,
         device="auto",
         dtype="auto",
-        verify: str = "auto",
+        verify: bool | str = "on",
         allow_random: bool = False,
         random_name: str = "rsfm_tiny",
     ) -> Embedder:

@@ -11,18 +11,24 @@ files are written atomically (:mod:`rsfm_core.files`), the weights first and
 ``config.json`` last, so a partial save never looks complete.
 
 Loading (:func:`load_checkpoint`) checks, in order (each failure is a
-:class:`CheckpointError` naming the file):
+:class:`CheckpointError` naming the file, and the key where there is one):
 
-1. ``config.json`` parses as an rsfm encoder config.
+1. ``config.json`` parses as an rsfm encoder config, every value of the right type and
+   range (:class:`~rsfm_core.model.config.ModelConfig` checks them).
 2. The SHA-256 of ``model.safetensors`` equals the recorded one: ``weights_sha256`` in
-   ``config.json`` if present, else the sidecar ``model.safetensors.sha256``
-   (``sha256sum`` format, written by :func:`write_checksum`). With none recorded the digest
-   is computed, logged and carried into the outputs' tags, and a warning says the file
-   could not be verified (``verify="strict"`` makes that an error).
-3. The safetensors header is well formed (length, JSON, dtypes, contiguous in-bounds data
-   offsets that match each shape: catches truncation) and every tensor's name, shape and
-   dtype class match what the config builds.
-4. ``load_state_dict(strict=True)``.
+   ``config.json`` if present (it must then be 64 hex digits: ``null`` or a number is an
+   error, not "unverified"), else the sidecar ``model.safetensors.sha256`` (``sha256sum``
+   format, written by :func:`write_checksum`). No recorded digest is an error.
+   ``verify="off"`` (or ``False``) skips this step with a warning: the one opt-out, for
+   weights you trust that were written without a digest.
+3. The safetensors header is well formed (length, a JSON object, string metadata, each
+   entry an object with a known dtype, a shape of non-negative ints and two int data
+   offsets, contiguous and in bounds and matching the shape: catches truncation) and
+   every tensor's name, shape and dtype class match what the config builds -- checked
+   against a build on the *meta* device, so a config that asks for a huge model (``dim:
+   65536``, ~51 GB) is refused before anything is allocated.
+4. The real build and ``load_state_dict(strict=True)``; an error of the safetensors
+   reader itself is a :class:`CheckpointError` too.
 
 The model class is a parameter (``build``), so this module sits below the encoder:
 :class:`PretrainedMixin` gives the encoder ``save_pretrained``/``from_pretrained``.
@@ -34,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,17 +135,53 @@ def resolve_folder(path: str | os.PathLike) -> Path:
     return p
 
 
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
 def recorded_checksum(folder: Path, meta: dict) -> str | None:
+    """The digest ``config.json`` (``weights_sha256``) or the sidecar records; None when
+    neither does. A recorded value that is not 64 hex digits raises."""
     for key in ("weights_sha256", "sha256"):
-        if isinstance(meta.get(key), str):
-            return meta[key].strip().lower()
+        if key in meta:
+            v = meta[key]
+            if not (isinstance(v, str) and _SHA256.match(v.strip())):
+                raise CheckpointError(
+                    f"{folder / CONFIG_NAME}: {key} {v!r} is not a SHA-256 (64 hex digits); "
+                    "config.json was edited or damaged: re-export the checkpoint, or load "
+                    "with verify='off' if you trust the weights"
+                )
+            return v.strip().lower()
     side = folder / SIDECAR_NAME
     if side.is_file():
         words = side.read_text(encoding="utf-8").split()
-        if not words or len(words[0]) != 64:
+        if not words or not _SHA256.match(words[0]):
             raise CheckpointError(f"{side}: not a sha256sum line ('<64 hex>  {WEIGHTS_NAME}')")
         return words[0].lower()
     return None
+
+
+def _bad(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}; corrupt or not a safetensors file, re-export it")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(path: Path, name: str, e: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field checked."""
+    if not isinstance(e, dict):
+        raise _bad(path, f"header entry {name!r} is not an object ({e!r})")
+    dt, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+    if dt not in _ST_DTYPES:
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dt!r}")
+    if not isinstance(shape, list) or not all(_is_int(v) and v >= 0 for v in shape):
+        raise _bad(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative ints")
+    if offsets is None:
+        raise _bad(path, f"tensor {name!r} has no data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+        raise _bad(path, f"tensor {name!r}: data offsets {offsets!r} must be two ints")
+    return dt, tuple(shape), offsets[0], offsets[1]
 
 
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -155,12 +198,16 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: header is not JSON ({e}); corrupt file") from None
-    header.pop("__metadata__", None)
+    if not isinstance(header, dict):
+        raise _bad(path, f"header is not a JSON object (a {type(header).__name__})")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise _bad(path, f"__metadata__ must map strings to strings, got {meta!r}")
     out, spans, data_size = {}, [], size - 8 - n
     for name, e in header.items():
-        dt, shape, (b, end) = e.get("dtype"), tuple(e.get("shape", ())), e.get("data_offsets")
-        if dt not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dt!r}")
+        dt, shape, b, end = _entry(path, name, e)
         if end - b != math.prod(shape) * _ST_DTYPES[dt] or not 0 <= b <= end <= data_size:
             raise CheckpointError(
                 f"{path}: tensor {name!r} {dt}{list(shape)} has data offsets [{b}, {end}) that "
@@ -199,27 +246,33 @@ def check_against_model(path: Path, header: dict, model: torch.nn.Module) -> Non
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dt}, expected {t.dtype}")
 
 
-def _verify_digest(folder: Path, meta: dict, verify: str) -> tuple[str, bool]:
+def verify_mode(verify: bool | str) -> bool:
+    """``verify=`` as a bool: ``True``/``"on"`` (the default; ``"auto"`` and ``"strict"``,
+    the older spellings, mean the same) or ``False``/``"off"``."""
+    if verify is True or verify in ("on", "auto", "strict"):
+        return True
+    if verify is False or verify == "off":
+        return False
+    raise ValueError(f"verify must be 'on' (True) or 'off' (False), got {verify!r}")
+
+
+def _verify_digest(folder: Path, meta: dict) -> str:
     weights = folder / WEIGHTS_NAME
-    digest = sha256_file(weights)
     expected = recorded_checksum(folder, meta)
     if expected is None:
-        if verify == "strict":
-            raise CheckpointError(
-                f"{weights}: no recorded SHA-256 (config.json 'weights_sha256' or {SIDECAR_NAME}); "
-                "record one with rsfm_core.model.checkpoint.write_checksum(folder)"
-            )
-        log.warning(
-            "%s: no recorded SHA-256 to verify against; sha256=%s (record it with "
-            "rsfm_core.model.checkpoint.write_checksum)", weights, digest,
-        )  # fmt: skip
-        return digest, False
+        raise CheckpointError(
+            f"{weights}: no recorded SHA-256 (config.json 'weights_sha256' or {SIDECAR_NAME}), "
+            "so the weights cannot be verified. Record one with "
+            "rsfm_core.model.checkpoint.write_checksum(folder) if you trust the file, or load "
+            "with verify='off'"
+        )
+    digest = sha256_file(weights)
     if digest != expected:
         raise CheckpointError(
             f"{weights}: SHA-256 {digest} does not match the recorded {expected}; the file is "
             "corrupt or was replaced — re-download or re-export it"
         )
-    return digest, True
+    return digest
 
 
 def _read_meta(folder: Path) -> tuple[ModelConfig, dict]:
@@ -229,17 +282,29 @@ def _read_meta(folder: Path) -> tuple[ModelConfig, dict]:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: not JSON ({e}); re-export the checkpoint") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{f}: not an rsfm encoder checkpoint (format {fmt!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(meta, dict):
         raise CheckpointError(
-            f"{f}: format version {meta['format_version']} is newer than this rsfm "
-            f"understands ({FORMAT_VERSION}); upgrade rsfm"
+            f"{f}: not an rsfm encoder checkpoint (a JSON {type(meta).__name__}, not an object)"
+        )
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{f}: not an rsfm encoder checkpoint (format {meta.get('format')!r})"
+        )
+    version = meta.get("format_version", 0)
+    if not _is_int(version):
+        raise CheckpointError(f"{f}: format_version must be an int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{f}: format version {version} is newer than this rsfm understands "
+            f"({FORMAT_VERSION}); upgrade rsfm"
+        )
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(
+            f"{f}: 'config' must be a mapping of model settings, got {meta.get('config')!r}"
         )
     try:
         return ModelConfig.from_dict(meta["config"]), meta
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{f}: {e}") from None
 
 
@@ -259,19 +324,18 @@ def load_checkpoint(
     path: str | os.PathLike,
     build: Callable[[ModelConfig], torch.nn.Module],
     device: torch.device | str = "cpu",
-    verify: str = "auto",
+    verify: bool | str = "on",
     overrides: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, CheckpointInfo]:
     """Build ``build(config)`` and load the checkpoint at ``path`` into it after the checks
     in the module docstring; returns the model (eval mode, on ``device``) and what the
-    outputs' tags record about it. ``verify``: ``"auto"`` (check the digest when one is
-    recorded), ``"strict"`` (require one) or ``"off"`` (skip the digest; header and shape
-    checks still run). ``overrides`` replace runtime fields of the stored config (e.g.
-    ``attn_backend=None``, ``grad_checkpointing=True``)."""
+    outputs' tags record about it. ``verify``: ``"on"``/``True`` (default: the SHA-256
+    must be recorded and match) or ``"off"``/``False`` (skip the digest, with a warning;
+    the header and shape checks still run). ``overrides`` replace runtime fields of the
+    stored config (e.g. ``attn_backend=None``, ``grad_checkpointing=True``)."""
     from safetensors.torch import load_file
 
-    if verify not in ("auto", "strict", "off"):
-        raise ValueError(f"verify must be 'auto', 'strict' or 'off', got {verify!r}")
+    check_digest = verify_mode(verify)
     folder = resolve_folder(path)
     config, meta = _read_meta(folder)
     if overrides:
@@ -280,17 +344,30 @@ def load_checkpoint(
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{folder / CONFIG_NAME}: overrides {overrides}: {e}") from None
     weights = folder / WEIGHTS_NAME
-    digest, verified = ("", False) if verify == "off" else _verify_digest(folder, meta, verify)
+    if check_digest:
+        digest = _verify_digest(folder, meta)
+    else:
+        digest = ""
+        log.warning("%s: loaded with verify='off': the weights are NOT verified", weights)
     header = read_header(weights)
+    with torch.device("meta"):  # shapes without allocating (a bad config may ask for GBs)
+        probe = build(config)
+    check_against_model(weights, header, probe)
+    del probe
     model = build(config)
-    check_against_model(weights, header, model)
-    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors' own reader (SafetensorError and friends)
+        raise CheckpointError(
+            f"{weights}: the safetensors reader refused it ({e}); re-export it"
+        ) from e
+    model.load_state_dict(state, strict=True)
     info = CheckpointInfo(
         name=config.name,
         sha256=digest,
         rsfm_version=str(meta.get("rsfm_version", "")),
         path=str(folder),
-        verified=verified,
+        verified=check_digest,
     )
     return model.to(device).eval(), info
 
@@ -305,8 +382,8 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: torch.device | str = "cpu", verify: str = "auto",
-        **overrides: Any,
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu",
+        verify: bool | str = "on", **overrides: Any,
     ):  # fmt: skip
         """Load a folder written by :meth:`save_pretrained` (verified; see
         :func:`load_checkpoint`); returns the model in eval mode."""

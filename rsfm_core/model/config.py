@@ -6,11 +6,19 @@ descriptors and normalisation statistics travel with a checkpoint, so later edit
 live sensor registry never change a trained model. ``__post_init__`` fills every derived
 field (sensor copies, hypernetwork kernel sizes, spectral-group edges) so that the saved
 JSON is explicit and ``from_dict(to_dict(c)) == c``.
+
+Every field is checked for its type and range where the config is made (also when it
+comes from a checkpoint's ``config.json``): a wrong value raises naming the key (``heads
+must be an int >= 1, got 0``) instead of failing later as a ``ZeroDivisionError`` or a
+``TypeError`` deep in ``torch.nn``. Nothing is coerced: ``"2"`` and ``32.0`` are not ints,
+``"no"`` is not a bool (a non-empty string is truthy: it would turn a bias on).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +31,28 @@ FORMAT_VERSION = 1
 MAX_KERNEL = 8  # hypernetwork kernels above 8 x 8 are resized up to the patch (see docs)
 
 
+def _check_int(where: str, key: str, v: Any, lo: int, optional: bool = False) -> None:
+    if optional and v is None:
+        return
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        raise TypeError(f"{where}: {key} must be an int, got {v!r} ({type(v).__name__})")
+    if v < lo:
+        raise ValueError(f"{where}: {key} must be an int >= {lo}, got {v}")
+
+
+def _check_number(where: str, key: str, v: Any) -> None:
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise TypeError(f"{where}: {key} must be a number, got {v!r} ({type(v).__name__})")
+
+
+def _check_type(where: str, key: str, v: Any, kind: type | tuple, what: str) -> None:
+    if not isinstance(v, kind):
+        raise TypeError(f"{where}: {key} must be {what}, got {v!r} ({type(v).__name__})")
+
+
 def _from_dict_strict(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{where} must be a mapping, got {d!r} ({type(d).__name__})")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -46,15 +75,23 @@ class ModalityConfig:
     kernel_size: int | None = None
     group_edges_nm: list[float] | None = None
 
+    def check(self, name: str) -> None:
+        """Types and ranges of every field (``name``: the modality, for messages)."""
+        where = f"modality {name!r}"
+        _check_type(where, "sensor", self.sensor, str, "a sensor name (str)")
+        _check_int(where, "patch", self.patch, 1)
+        _check_int(where, "groups", self.groups, 1)
+        _check_int(where, "kernel_size", self.kernel_size, 1, optional=True)
+        edges = self.group_edges_nm
+        if edges is not None:
+            _check_type(where, "group_edges_nm", edges, (list, tuple), "a list of numbers")
+            for e in edges:
+                _check_number(where, "group_edges_nm", e)
+
     def resolve(self, name: str, sensor: _sensors.Sensor) -> None:
-        if self.patch < 1:
-            raise ValueError(f"modality {name!r}: patch must be >= 1, got {self.patch}")
-        if self.groups < 1:
-            raise ValueError(f"modality {name!r}: groups must be >= 1, got {self.groups}")
+        self.check(name)
         if self.kernel_size is None:
             self.kernel_size = min(self.patch, MAX_KERNEL)
-        if self.kernel_size < 1:
-            raise ValueError(f"modality {name!r}: kernel_size must be >= 1")
         if self.groups == 1:
             self.group_edges_nm = []
             return
@@ -124,20 +161,42 @@ class ModelConfig:
     min_valid_frac: float = 0.0
     date_freqs: int = 4
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
+        """Types and ranges of every top-level field."""
+        w = "model config"
+        _check_type(w, "name", self.name, str, "a str")
+        for key, lo in (("dim", 1), ("depth", 1), ("heads", 1), ("fusion_depth", 0),
+                        ("hyper_dim", 1), ("date_freqs", 0)):  # fmt: skip
+            _check_int(w, key, getattr(self, key), lo)
+        _check_number(w, "mlp_ratio", self.mlp_ratio)
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"{w}: mlp_ratio must be a number > 0, got {self.mlp_ratio}")
+        for key in ("qkv_bias", "shared_spatial", "grad_checkpointing"):
+            _check_type(w, key, getattr(self, key), bool, "a bool (true/false)")
+        for key in ("attn_backend", "embed_backend"):
+            _check_type(w, key, getattr(self, key), (str, type(None)), "a backend name or null")
+        _check_number(w, "min_valid_frac", self.min_valid_frac)
+        if not 0.0 <= self.min_valid_frac < 1.0:
+            raise ValueError(f"{w}: min_valid_frac must be in [0, 1), got {self.min_valid_frac}")
+        _check_type(w, "modalities", self.modalities, Mapping, "a mapping name -> modality")
+        _check_type(w, "sensors", self.sensors, Mapping, "a mapping name -> sensor dict")
+        for name, d in self.sensors.items():
+            _check_type(w, f"sensors[{name!r}]", d, Mapping, "a sensor dict")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if not self.modalities:
             raise ValueError("a model needs at least one modality")
-        if not 0.0 <= self.min_valid_frac < 1.0:
-            raise ValueError(f"min_valid_frac must be in [0, 1), got {self.min_valid_frac}")
+
+    def __post_init__(self) -> None:
+        self._check()
         mods = {}
         for name, m in self.modalities.items():
-            if isinstance(m, dict):
-                m = _from_dict_strict(ModalityConfig, m, f"modality {name!r}")
+            if isinstance(m, Mapping):
+                m = _from_dict_strict(ModalityConfig, dict(m), f"modality {name!r}")
             elif not isinstance(m, ModalityConfig):
                 raise TypeError(f"modality {name!r}: expected ModalityConfig or dict, got {m!r}")
             mods[name] = dataclasses.replace(m)
+            mods[name].check(name)
         self.modalities = mods
         self.sensors = dict(self.sensors)
         for name, m in self.modalities.items():
@@ -158,4 +217,4 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> ModelConfig:
-        return _from_dict_strict(ModelConfig, dict(d), "model config")
+        return _from_dict_strict(ModelConfig, d, "model config")

@@ -57,12 +57,13 @@ def build_model(name: str, **overrides: Any) -> RSFMEncoder:
 def load_pretrained(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
-    verify: str = "auto",
+    verify: bool | str = "on",
     **overrides: Any,
 ) -> RSFMEncoder:
     """An :class:`RSFMEncoder` from a checkpoint folder (``config.json`` +
-    ``model.safetensors``), verified (:func:`rsfm_core.model.checkpoint.load_checkpoint`),
-    in eval mode. ``overrides`` replace runtime fields of the stored config."""
+    ``model.safetensors``), verified (:func:`rsfm_core.model.checkpoint.load_checkpoint`:
+    the recorded SHA-256 is required unless ``verify="off"``), in eval mode.
+    ``overrides`` replace runtime fields of the stored config."""
     return RSFMEncoder.from_pretrained(path, device, verify, **overrides)
 
 

@@ -37,7 +37,7 @@ def test_fresh_checkpoint_verifies_without_sidecar_and_lands_in_the_tags(
     digest = json.loads((ckpt / "config.json").read_text())["weights_sha256"]
     assert digest == sha256_file(ckpt / "model.safetensors")
     assert not (ckpt / SIDECAR_NAME).exists()
-    emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="strict")
+    emb = rs.Embedder.from_pretrained(ckpt, device="cpu")
     assert emb.info.verified and emb.info.sha256 == digest and emb.info.name == "rsfm_tiny"
     for a, b in zip(emb.model.state_dict().values(), micro.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -48,12 +48,12 @@ def test_fresh_checkpoint_verifies_without_sidecar_and_lands_in_the_tags(
 
 def test_checksum_from_sidecar_config_json_and_unrecorded(ckpt, caplog):
     meta = _strip_checksum(ckpt)
-    emb = rs.Embedder.from_pretrained(ckpt, device="cpu")  # none recorded: warns, loads
-    assert not emb.info.verified and "no recorded SHA-256" in caplog.text
-    with pytest.raises(CheckpointError, match="no recorded SHA-256"):
-        rs.Embedder.from_pretrained(ckpt, verify="strict")
+    with pytest.raises(CheckpointError, match="no recorded SHA-256"):  # none recorded
+        rs.Embedder.from_pretrained(ckpt)
+    emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="off")  # the opt-out
+    assert not emb.info.verified and "NOT verified" in caplog.text
     digest = write_checksum(ckpt)
-    emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="strict")
+    emb = rs.Embedder.from_pretrained(ckpt, device="cpu", verify="on")
     assert emb.info.verified and emb.info.sha256 == digest
     # config.json's digest takes precedence over the sidecar
     (ckpt / "config.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
@@ -72,7 +72,7 @@ def test_corrupt_and_truncated_weights(ckpt):
     _strip_checksum(ckpt)
     w.write_bytes(bytes(data[:-100]))  # truncated: caught by the header check
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        rs.Embedder.from_pretrained(ckpt)
+        rs.Embedder.from_pretrained(ckpt, verify="off")
     w.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(CheckpointError, match="header is not JSON"):
         read_header(w)

@@ -12,6 +12,7 @@ from rsfm_kernels import dispatch
 
 from rsfm_core.files import sha256_file
 from rsfm_core.model import build_model, load_pretrained
+from rsfm_core.model.checkpoint import CheckpointError
 
 from .conftest import make_modality, micro_model
 
@@ -87,11 +88,13 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert meta["config"]["sensors"]["sentinel2_l2a"]["bands"][0]["mean"] > 0  # stats travel
     assert meta["weights_sha256"] == sha256_file(tmp_path / "ckpt" / "model.safetensors")
     a = model(batch)
-    for strip in (False, True):  # checkpoints written before weights_sha256 load too
+    for strip in (False, True):  # without weights_sha256: only with the explicit opt-out
         if strip:
             del meta["weights_sha256"]
             cfg.write_text(json.dumps(meta))
-        loaded = load_pretrained(tmp_path / "ckpt")
+            with pytest.raises(CheckpointError, match="no recorded SHA-256"):
+                load_pretrained(tmp_path / "ckpt")
+        loaded = load_pretrained(tmp_path / "ckpt", verify="off" if strip else "on")
         assert loaded.config == model.config
         b = loaded(batch)
         assert torch.equal(a.dense, b.dense) and torch.equal(a.pooled, b.pooled)
