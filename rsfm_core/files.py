@@ -257,7 +257,7 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
     if free < need:
         raise NoSpaceError(
             errno.ENOSPC,
-            f"no space left on {folder}: {what} needs about {_gib(need)}, {_gib(free)} are "
+            f"no space left on {folder}: about {_gib(need)} needed for {what}, {_gib(free)} "
             "free; free some space or write somewhere else",
         )
 
@@ -296,8 +296,10 @@ def no_space_error(
     if not _is_no_space(exc) and (free is None or free >= max(need, 1)):
         return None
     left = f" ({_gib(free)} free)" if free is not None else ""
-    return NoSpaceError(
+    err = NoSpaceError(
         errno.ENOSPC,
         f"no space left on {folder}{left} while writing {what}: {exc}; free some space or "
         "write somewhere else",
     )
+    err.__cause__ = exc
+    return err

@@ -146,7 +146,9 @@ def _options(args, manifest_options: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rsfm_core.files import LockedError, NoSpaceError
     from rsfm_core.inference import CheckpointError, Embedder, EmbedOptions, RasterError
+    from rsfm_core.inference.run import Interrupted
 
     try:
         inputs, rest = build_inputs(args)
@@ -159,9 +161,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --checkpoint DIR (or --random MODEL for an untrained model)")
         opts = EmbedOptions(**_options(args, rest.get("options", {})))
         res = emb.embed_rasters(inputs, args.out, parquet=args.parquet, npz=args.npz, options=opts)
-    except (RasterError, CheckpointError, ValueError) as e:
+    except (RasterError, CheckpointError, ValueError, NoSpaceError, LockedError) as e:
         print(f"rsfm embed: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # temporaries removed, older outputs kept
+        print(f"rsfm embed: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("rsfm embed: interrupted; no output was replaced", file=sys.stderr)
+        return 130
     print(res.summary())
     g = res.grid
     print(f"token grid: {g.height} x {g.width}, {g.res[0]:g} units/token, {g.crs}")

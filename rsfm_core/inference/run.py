@@ -1,23 +1,52 @@
 """One ``Embedder.embed_rasters`` run: check inputs and outputs, stream bands of tiles
 into per-rank intermediates, merge them (rank 0), and finalize every output.
 
-Failure anywhere (a bad tile, a full disk, Ctrl-C, another rank) removes every
+Failure anywhere (a bad tile, a full disk, Ctrl-C, SIGTERM, another rank) removes every
 temporary and leaves no output under its final name: outputs are renamed into place
-only after all of them were written.
+only after all of them were written. In detail:
+
+- **Disk space.** Before anything is computed, every output folder must have room for
+  the outputs and the temporaries that coexist with them (:func:`space_needed`, an
+  upper bound: uncompressed sizes); a write that still finds the disk full raises
+  :class:`~rsfm_core.files.NoSpaceError` ("no space left on <folder>"), never a raw
+  GDAL/pyarrow error, and nothing is written through a memory map (SIGBUS).
+- **Signals.** While a run is in progress (main thread), SIGINT and SIGTERM raise
+  :class:`Interrupted` (a ``KeyboardInterrupt``) wherever Python runs; GDAL can swallow
+  an exception raised inside one of its callbacks, so the signal is also remembered and
+  checked again before the first output is renamed into place: an interrupted run never
+  replaces the old outputs. Once the renames have started they finish (a few ``rename``
+  calls), then the interrupt is raised. The CLI exits 128 + signal (130, 143). Handlers
+  an application installed itself are left alone.
+- **One run per output.** Rank 0 holds a lock (``.<first output>.lock``, removed at the
+  end) for the whole run; a second run on the same output is refused. Holding it, it
+  removes the temporaries that killed runs left next to each output
+  (:func:`rsfm_core.files.stale_temps`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..files import commit, remove_quietly, temp_path
+from ..files import (
+    NoSpaceError,
+    check_free_space,
+    commit,
+    exclusive_lock,
+    no_space_error,
+    remove_quietly,
+    stale_temps,
+    temp_path,
+)
 from ..io import RasterError, writers
 from ..io.geoparquet import ChipContext, ChipWriter
 from ..sample import from_days
@@ -47,6 +76,128 @@ class Outputs:
     def near(self) -> Path | None:
         """Where temporaries go: next to the first output (same filesystem)."""
         return next((p for p in (self.out, self.parquet, self.npz) if p is not None), None)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p in (self.out, self.parquet, self.npz) if p is not None]
+
+
+# ---------------------------------------------------------------------------- space
+
+
+def space_needed(layout, dim: int, outs: Outputs, opts, world: int = 1) -> dict[Path, int]:
+    """Bytes each output folder needs at the peak of a run (an upper bound: the outputs
+    uncompressed, plus the temporaries that exist next to them at the same time)."""
+    tok = layout.tokens
+    h, w = tok.height, tok.width
+    D, item = dim, {"float32": 4, "float16": 2, "int8": 1}[opts.dtype]
+    blocks = (-(-h // 64) * 64) * (-(-w // 64) * 64)  # the intermediate's 64 x 64 tiles
+    inter = blocks * (D * 4 + 2) * (2 if world > 1 else 1)  # data + mask (+ rank parts)
+    need = {outs.near.parent: inter}
+
+    def add(path: Path | None, n: int) -> None:
+        if path is not None:
+            need[path.parent] = need.get(path.parent, 0) + int(n)
+
+    if outs.out is not None:
+        px = h * w * (layout.token_px**2 if opts.resolution == "pixel" else 1)
+        cog = px * D * item * 4 // 3  # + overviews
+        extra = px * D * 4 if opts.resolution == "pixel" else 0  # the upsampled temporary
+        extra += px * D if opts.dtype == "int8" else 0  # the quantised temporary
+        add(outs.out, cog + extra)
+    chip = max(1, (opts.chip or opts.tile) // layout.token_px)
+    chips = -(-h // chip) * -(-w // chip)
+    add(outs.parquet, 2 * chips * (D * 4 + 512))  # rows file + final file
+    npy = h * w * D * (4 if opts.dtype == "float32" else 2)
+    add(outs.npz, 2 * npy + chips * (D * 4 + 40))  # .npy + .npz
+    return {folder: int(n * 1.05) + 2**20 for folder, n in need.items()}
+
+
+def check_space(needs: dict[Path, int]) -> None:
+    for folder, n in needs.items():
+        check_free_space(folder, n, "the embedding outputs and their temporaries")
+
+
+def _as_no_space(e: BaseException, needs: dict[Path, int]) -> NoSpaceError | None:
+    """``e`` as "no space left on <folder>" when a full disk caused it, else None."""
+    for folder, n in needs.items():
+        err = no_space_error(e, folder, "the embedding outputs", need=n)
+        if err is not None:
+            return err
+    return None
+
+
+# ---------------------------------------------------------------------------- signals
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during a run; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; no output was replaced")
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers for the length of a run (see the module docstring)."""
+
+    _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum
+        if not self.deferred:
+            raise Interrupted(signum)
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in self._DEFAULTS.items():
+                if signal.getsignal(sig) is default:  # an application's own handler stays
+                    self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def check(self) -> None:
+        """Raise if a signal arrived (also when GDAL swallowed the exception)."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    @contextmanager
+    def defer(self):
+        """No interrupt inside (the renames); a signal that came meanwhile is raised after."""
+        self.check()
+        self.deferred = True
+        try:
+            yield
+        finally:
+            self.deferred = False
+        if self.received is not None:
+            log.warning("interrupted while the outputs were being renamed: they are complete")
+            self.check()
+
+
+# ---------------------------------------------------------------------------- outputs lock
+
+
+@contextmanager
+def _own_outputs(outs: Outputs):
+    """Rank 0: the outputs' lock for the run; stale temporaries of killed runs go."""
+    lock = outs.near.with_name(f".{outs.near.name}.lock")
+    with exclusive_lock(lock, f"output {outs.near}", remove=True):
+        stale = [t for p in outs.paths for t in stale_temps(p)]
+        if stale:
+            log.warning("removing %d temporary file(s) left by an interrupted run: %s",
+                        len(stale), ", ".join(t.name for t in stale))  # fmt: skip
+            remove_quietly(*stale)
+        yield
 
 
 def _tags(emb, source: RasterSource, opts) -> dict[str, str]:
@@ -106,9 +257,13 @@ class _NpzChips:
         }
 
 
-def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok: int) -> None:
-    """All outputs from the intermediate; renamed into place only when all are written."""
+def finalize(
+    emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok: int, signals=None
+) -> None:
+    """All outputs from the intermediate; renamed into place only when all are written
+    (and no signal arrived: ``signals``, a :class:`_Signals`)."""
     layout, temps = source.layout, []
+    signals = signals or _Signals()
     try:
         on_chips, npy, npz_chips, chips = [], None, None, None
         if outs.parquet is not None:
@@ -126,7 +281,7 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
             temps.append(tmp)
             dt = np.float32 if opts.dtype == "float32" else np.float16
             shape = (emb.dim, layout.tokens.height, layout.tokens.width)
-            npy = np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape)
+            npy = writers.NpyWriter(tmp, dt, shape)
             npz_chips = _NpzChips()
             on_chips.append(npz_chips)
         stats = writers.scan(data, mask, chip_tok, on_chips, npy)
@@ -143,13 +298,15 @@ def finalize(emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok:
         if chips is not None:
             chips.finish(finals["parquet"])
         if npy is not None:
-            npy.flush()
+            npy.close()
             extra = npz_chips.arrays(emb.dim, layout.token_px)
-            writers.write_npz(finals["npz"], npy, layout.tokens, extra)
-            del npy
-        for key in finals:  # all written: now rename each into place
-            commit(finals[key], getattr(outs, key))
+            writers.write_npz(finals["npz"], npy.array(), layout.tokens, extra)
+        with signals.defer():  # all written: now rename each into place
+            for key in finals:
+                commit(finals[key], getattr(outs, key))
     finally:
+        if npy is not None:
+            npy.close()
         remove_quietly(*temps)
 
 
@@ -186,32 +343,30 @@ def _compute(emb, source, d, bands, opts, timer, near):
     return part, counts
 
 
-def run(emb, inputs, out, parquet, npz, opts):
-    """The body of :meth:`Embedder.embed_rasters`: ``emb`` gives ``forward_tiles``,
-    ``dim``, ``config``, ``device`` and ``info``."""
+def _run(emb, source, outs: Outputs, opts, chip_tok: int, timer: dict, signals: _Signals):
+    """Compute (every rank) and finalize (rank 0); returns every rank's tile counts."""
     import rasterio
 
-    t_start = time.perf_counter()
-    outs = Outputs.check(out, parquet, npz)
-    source = RasterSource(emb.config, inputs, opts.tile, opts.overlap, opts.region)
     layout = source.layout
-    notes = missing_report(emb.config, source.preflight)
-    chip = opts.chip or opts.tile
-    if chip % layout.token_px:
-        raise ValueError(
-            f"chip {chip} px must be a multiple of the token size {layout.token_px} px"
-        )
-    timer = {"read": 0.0, "compute": 0.0, "write": 0.0, "finalize": 0.0}
-    with (
-        distributed.session(opts.distributed, emb.device) as d,
-        rasterio.Env(GDAL_CACHEMAX=opts.cache_mb),
-    ):
+    with ExitStack() as stack:
+        d = stack.enter_context(distributed.session(opts.distributed, emb.device))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=opts.cache_mb))
+        needs = space_needed(layout, emb.dim, outs, opts, d.world)
+        err = None
+        if d.rank == 0:
+            try:
+                check_space(needs)
+                stack.enter_context(_own_outputs(outs))
+            except Exception as e:  # reported to the other ranks, then re-raised
+                err = e
+        if not distributed.agree(d, err is None):
+            raise err or RuntimeError("rank 0 refused the outputs; see its log")
         bands = distributed.plan_bands(layout, d.world, opts.rows_per_band)
         part, counts, err = None, (0, 0), None
         try:
             part, counts = _compute(emb, source, d, bands, opts, timer, outs.near)
         except Exception as e:  # reported to the other ranks, then re-raised
-            err = e
+            err = _as_no_space(e, needs) or e
         parts = distributed.gather(d, part)
         if not distributed.agree(d, err is None):
             remove_quietly(*(part or ()))
@@ -223,15 +378,34 @@ def run(emb, inputs, out, parquet, npz, opts):
             try:
                 merged = _merge(parts, bands, layout, outs.near, emb.dim) if d.active else part
                 try:
-                    finalize(emb, source, *merged, outs, opts, chip // layout.token_px)
+                    finalize(emb, source, *merged, outs, opts, chip_tok, signals)
                 finally:
                     remove_quietly(*merged, *(p for pr in parts for p in pr))
             except Exception as e:
-                err = e
+                err = _as_no_space(e, needs) or e
             timer["finalize"] = time.perf_counter() - t0
         if not distributed.agree(d, err is None):
             raise err or RuntimeError("writing the outputs failed on rank 0; see its log")
-        timer = distributed.broadcast(d, timer)
+        timer.update(distributed.broadcast(d, timer))
+    return counts
+
+
+def run(emb, inputs, out, parquet, npz, opts):
+    """The body of :meth:`Embedder.embed_rasters`: ``emb`` gives ``forward_tiles``,
+    ``dim``, ``config``, ``device`` and ``info``."""
+    t_start = time.perf_counter()
+    outs = Outputs.check(out, parquet, npz)
+    source = RasterSource(emb.config, inputs, opts.tile, opts.overlap, opts.region)
+    layout = source.layout
+    notes = missing_report(emb.config, source.preflight)
+    chip = opts.chip or opts.tile
+    if chip % layout.token_px:
+        raise ValueError(
+            f"chip {chip} px must be a multiple of the token size {layout.token_px} px"
+        )
+    timer = {"read": 0.0, "compute": 0.0, "write": 0.0, "finalize": 0.0}
+    with _Signals() as signals:
+        counts = _run(emb, source, outs, opts, chip // layout.token_px, timer, signals)
     timer["total"] = time.perf_counter() - t_start
     g = layout.grid
     result = EmbedResult(
@@ -245,4 +419,4 @@ def run(emb, inputs, out, parquet, npz, opts):
     return result
 
 
-__all__ = ["Outputs", "RasterError", "finalize", "run"]
+__all__ = ["Interrupted", "Outputs", "RasterError", "finalize", "run", "space_needed"]

@@ -14,7 +14,8 @@
     pixel grid), as float32, float16 (``NBITS=16`` half floats) or int8 (per-band linear
     quantisation, ``value = q * scale + offset``, stored as GDAL band scale/offset and in
     tags; -128 is nodata);
-  - ``.npz``: ``embedding`` (D, h, w), ``valid``, ``transform``, ``crs`` and the chips.
+  - ``.npz``: ``embedding`` (D, h, w), ``valid``, ``transform``, ``crs`` and the chips,
+    from a ``.npy`` written with plain writes (:class:`NpyWriter`, never a writable map).
 
 Every file is written under a temporary name and renamed only when complete
 (:mod:`rsfm_core.files`); GeoParquet chips are in :mod:`.geoparquet`.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,16 +148,69 @@ def _overviews(h: int, w: int, block: int) -> dict:
     return {"overview_count": levels} if levels else {"overviews": "NONE"}
 
 
+_M_PERTURB = -6  # glibc mallopt parameter: fill malloc'd memory with a fixed byte
+_PERTURB_BYTE = 0x5A
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for its dynamic mmap threshold (64-bit)
+
+
+def _glibc():
+    """The C library when it is glibc (None elsewhere: macOS, musl, Windows)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@contextmanager
+def defined_padding():
+    """Make GDAL's float16 tiles byte-reproducible (issue 16, item 10).
+
+    GDAL up to 3.10 writes Float32 + ``NBITS=16`` (our float16 COG) through its "odd
+    bits" band, which converts the *whole* block buffer to half floats, including the
+    padding of edge tiles (past the raster's right/bottom edge). That padding is never
+    initialised: it holds whatever the heap held, so two runs on the same inputs gave
+    different bytes (same pixel values). While the COG is written, glibc's ``M_PERTURB``
+    fills every ``malloc``'d chunk with one fixed byte, so the padding is the same in
+    every run; raising the dynamic mmap threshold to its ceiling first keeps GDAL's block
+    buffers on the (perturbed) heap whatever the process did before. Scoped: the
+    perturbation is switched off again afterwards. Elsewhere than glibc this does nothing
+    (float16 output is then reproducible in its pixel values, not its bytes); float32 and
+    int8 never needed it. GDAL 3.11 writes Float16 natively and would make this moot."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    block = libc.malloc(_MMAP_THRESHOLD_MAX - 4096)  # freed mmap chunk: threshold -> max
+    libc.free(block)
+    libc.mallopt(_M_PERTURB, _PERTURB_BYTE)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_PERTURB, 0)
+
+
 def cog_copy(src, dst: str | os.PathLike, compress: str, blocksize: int, **extra) -> None:
     """Copy the open dataset ``src`` to ``dst`` with GDAL's COG driver: internal tiles,
-    overviews by averaging, IFDs at the front of the file."""
+    overviews by averaging, IFDs at the front of the file. float16 (``nbits=16``) copies
+    run under :func:`defined_padding` so that their bytes are reproducible."""
     from rasterio.shutil import copy as rio_copy
 
-    rio_copy(
-        src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
-        resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
-        **_overviews(src.height, src.width, blocksize), **extra,
-    )  # fmt: skip
+    with defined_padding() if int(extra.get("nbits", 0)) == 16 else nullcontext():
+        rio_copy(
+            src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
+            resampling="average", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+            **_overviews(src.height, src.width, blocksize), **extra,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- intermediate
@@ -241,10 +296,48 @@ def _chips_of_strip(dense, bits, row0: int, chip: int) -> list[dict]:
     return out
 
 
-def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: np.ndarray | None = None) -> Scan:
+class NpyWriter:
+    """A ``(D, h, w)`` ``.npy`` file filled strip by strip with plain positioned writes.
+
+    Not a memory map: a mapped write that finds the disk full kills the process with
+    SIGBUS (no message, temporaries left); a plain write raises ``OSError(ENOSPC)``,
+    which the run turns into "no space left on <folder>" and cleans up after."""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, int, int]) -> None:
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(shape)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}  # fmt: skip
+        with open(self.path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            self.offset = f.tell()
+        self._fd = os.open(self.path, os.O_RDWR)
+        os.ftruncate(self._fd, self.offset + int(np.prod(self.shape)) * self.dtype.itemsize)
+
+    def write_rows(self, row: int, block: np.ndarray) -> None:
+        """Token rows ``[row, row + n)`` from ``block`` (D, n, w)."""
+        D, h, w = self.shape
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        item = self.dtype.itemsize
+        for d in range(D):
+            view = memoryview(data[d]).cast("B")
+            pos, done = self.offset + (d * h * w + row * w) * item, 0
+            while done < len(view):  # pwrite may write less than asked
+                done += os.pwrite(self._fd, view[done:], pos + done)
+
+    def array(self) -> np.ndarray:
+        """The written array, read-only (a read-only map cannot SIGBUS on a full disk)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: NpyWriter | None = None) -> Scan:
     """Read the intermediate in strips of ``chip`` token rows: band ranges, the chips of
-    each strip (passed to every ``on_chips`` callable), and a copy into ``npy`` (a
-    (D, h, w) memmap) when given. Memory: one strip."""
+    each strip (passed to every ``on_chips`` callable), and a copy into ``npy`` when
+    given. Memory: one strip."""
     import rasterio
     from rasterio.windows import Window
 
@@ -255,7 +348,7 @@ def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: np.ndarray | None 
             win = Window(0, r, ds.width, min(chip, ds.height - r))
             dense, bits = ds.read(window=win), ms.read(1, window=win)
             if npy is not None:
-                npy[:, r : r + dense.shape[1]] = dense
+                npy.write_rows(r, dense)
             flat = dense.reshape(dense.shape[0], -1)  # fmin/fmax skip NaN without a copy
             lo = np.fmin(lo, np.fmin.reduce(flat, axis=1))
             hi = np.fmax(hi, np.fmax.reduce(flat, axis=1))
@@ -357,7 +450,8 @@ def write_cog(
 
 
 def write_npz(tmp: Path, npy: np.ndarray, grid: Grid, chips: Mapping[str, np.ndarray]) -> Path:
-    """An uncompressed ``.npz`` streamed from the (D, h, w) memmap ``npy`` into ``tmp``."""
+    """An uncompressed ``.npz`` streamed from the (D, h, w) array ``npy`` (a read-only
+    map of :class:`NpyWriter`'s file) into ``tmp``."""
     with open(tmp, "wb") as f:
         np.savez(
             f,

@@ -242,8 +242,8 @@ def test_checkpoint_save_checks_free_space_first(tmp_path, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=size // 2))
     try:
-        msg = rf"no space left on {re.escape(str(tr.ckpt_dir))}: checkpoint step_00000002 needs"
-        with pytest.raises(OSError, match=msg + r" about [\d.]+ MiB, [\d.]+ MiB are free"):
+        msg = rf"no space left on {re.escape(str(tr.ckpt_dir))}: about [\d.]+ MiB needed for "
+        with pytest.raises(OSError, match=msg + r"checkpoint step_00000002, [\d.]+ MiB free"):
             tr.fit(loader, max_steps=2)
     finally:
         tr.close()
