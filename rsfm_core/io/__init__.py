@@ -17,7 +17,16 @@ Modules, lowest first (each imports only those above it):
 Details, tables and examples: docs/io.md.
 """
 
-from .raster import DATE_TAGS, RESAMPLING, RasterError, affine_of, grid_from_dataset, open_info
+from .raster import (
+    DATE_TAGS,
+    RESAMPLING,
+    BandOrderWarning,
+    ImplausibleValuesWarning,
+    RasterError,
+    affine_of,
+    grid_from_dataset,
+    open_info,
+)
 from .read import block_windows, read_modality, read_sample
 from .tiling import Tile, tiles
 from .writers import write_geotiff
@@ -25,6 +34,8 @@ from .writers import write_geotiff
 __all__ = [
     "DATE_TAGS",
     "RESAMPLING",
+    "BandOrderWarning",
+    "ImplausibleValuesWarning",
     "RasterError",
     "Tile",
     "affine_of",

@@ -37,6 +37,27 @@ class RasterError(ValueError):
     """Bad raster input or output; the message names the file and says what to do."""
 
 
+class ImplausibleValuesWarning(UserWarning):
+    """A file's data type or values do not fit its sensor (e.g. 8-bit data for a sensor
+    coded as reflectance x 10000): it reads, but probably wrongly. Once per file."""
+
+
+class BandOrderWarning(UserWarning):
+    """A file's bands were taken to be in the sensor's order because it has the sensor's
+    band count and neither ``bands=`` nor band descriptions say otherwise. Once per file;
+    ``warnings.simplefilter("error", BandOrderWarning)`` makes it an error."""
+
+
+_WARNED: set[tuple[str, str]] = set()  # (file, what): each warning once per file
+
+
+def warn_once(path, what: str, message: str, category: type[Warning]) -> None:
+    key = (str(path), what)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, category, stacklevel=4)
+
+
 # ---------------------------------------------------------------------------- grids
 
 
@@ -109,10 +130,22 @@ def read_pixels(ds, path, indexes: list[int], window: tuple[int, int, int, int])
 def open_info(path: str | os.PathLike) -> dict:
     """Cheap metadata of a raster (no pixel reads): ``count``, ``dtype``, ``grid`` (and its
     ``crs``, ``res``, ``bounds``), ``nodata``, ``descriptions``, ``tags``,
-    ``block_shape`` (rows, cols), ``tiled``, ``compression``, ``overviews``, ``driver``."""
+    ``block_shape`` (rows, cols), ``tiled``, ``compression``, ``overviews``, ``driver``,
+    ``has_transform`` (False: GDAL found no geotransform and gave the identity, i.e.
+    1-unit pixels at (0, 0)), ``gcps`` (ground control points instead). A geotransform
+    with a zero pixel size raises."""
     with open_raster(path) as ds:
         grid = grid_from_dataset(ds)
+        t = ds.transform
+        if t.a * t.e - t.b * t.d == 0:
+            raise RasterError(
+                f"{path}: its geotransform {tuple(round(v, 6) for v in grid.transform)} has a "
+                "zero pixel size, so pixels have no extent on the ground; fix it "
+                "(gdal_edit.py -a_gt X0 DX 0 Y0 0 -DY) or re-export the file"
+            )
         return {
+            "has_transform": not t.is_identity,
+            "gcps": bool(ds.gcps[0]),
             "path": str(path),
             "driver": ds.driver,
             "count": ds.count,
@@ -142,6 +175,8 @@ class FileMeta:
     nodata: float | None
     descriptions: tuple
     tags: dict
+    has_transform: bool = True
+    gcps: bool = False
 
     @staticmethod
     def of(path) -> FileMeta:
@@ -154,6 +189,8 @@ class FileMeta:
             i["nodata"],
             i["descriptions"],
             i["tags"],
+            i["has_transform"],
+            i["gcps"],
         )
 
 
@@ -298,6 +335,15 @@ def file_bands(meta: FileMeta, given, sensor: Sensor | None, single: bool) -> li
     if sensor is None:
         return [f"band{i + 1}" for i in range(meta.count)]
     if single and meta.count == len(sensor.bands):
+        if meta.count > 1:
+            warn_once(
+                meta.path, "band order",
+                f"{meta.path}: no bands= and no band descriptions: its {meta.count} bands are "
+                f"taken to be {sensor.name}'s, in its order ({', '.join(sensor.band_names)}). "
+                "If the file stores them in another order (EuroSAT-MS keeps B8A last), pass "
+                "bands=[...] (rsfm embed: --bands NAME=B1,B2,...)",
+                BandOrderWarning,
+            )  # fmt: skip
         return list(sensor.band_names)
     raise RasterError(
         f"{meta.path}: {meta.count} bands, but sensor {sensor.name!r} has {len(sensor.bands)} "
@@ -444,10 +490,30 @@ def _fmt(b: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
 
 
+def check_georeferenced(meta: FileMeta, allow_no_crs: bool) -> None:
+    """A file GDAL found no geotransform in (it reads as 1-unit pixels at (0, 0)) is
+    refused unless ``allow_no_crs`` takes pixel coordinates as they are."""
+    crs = meta.grid.crs
+    if not meta.has_transform and not allow_no_crs:
+        if meta.gcps:
+            raise RasterError(
+                f"{meta.path}: georeferenced by ground control points only (no geotransform); "
+                "warp it onto a grid first (gdalwarp -t_srs EPSG:...)"
+            )
+        if crs is not None:
+            raise RasterError(
+                f"{meta.path}: has a CRS ({_short(crs)}) but no geotransform, so its pixels would "
+                "be taken as 1-unit squares at (0, 0) and land in the wrong place; set one "
+                "(gdal_edit.py -a_ullr ULX ULY LRX LRY, or -a_gt) or pass allow_no_crs=True "
+                "to use pixel coordinates as they are"
+            )
+
+
 def check_against(
     meta: FileMeta, ref: Grid, ref_name: str, *, allow_no_crs: bool, reproject: bool
 ) -> None:
     """CRS and overlap of one file against the reference grid."""
+    check_georeferenced(meta, allow_no_crs)
     crs = meta.grid.crs
     if crs is None and not allow_no_crs:
         raise RasterError(
@@ -500,3 +566,53 @@ def check_scaled(x: np.ndarray, ok: np.ndarray, sensor: Sensor, metas: list[File
             f"{sensor.name!r} expects integers x {1 / sensor.scale:g}; use a sensor with scale 1 "
             "(dataclasses.replace(sensor, scale=1.0)) or pass dtype_check=False"
         )
+
+
+_SAMPLE = 8192  # values looked at per file for the plausibility check
+
+
+def check_plausible(meta: FileMeta, raw: np.ndarray, sensor: Sensor) -> None:
+    """Warn (:class:`ImplausibleValuesWarning`, once per file) when the file's values
+    cannot be right for ``sensor``: optical reflectance x 10000 that reads almost black
+    (8-bit data: ~40 x too dark) or far above 1, brightness above 1 (16-bit data for an
+    8-bit sensor), SAR "dB" that is never negative (linear power), linear power that is
+    negative (dB). ``raw``: file values ``[n, H, W]``, NaN where invalid."""
+    if (str(meta.path), "values") in _WARNED:
+        return
+    flat = raw.reshape(-1)
+    vals = flat[:: max(1, flat.size // _SAMPLE)]
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 16:
+        return  # nothing (valid) to judge in this window
+    p1, p99 = (float(v) for v in np.percentile(vals, [1, 99]))
+    s, why = sensor, None
+    kind = np.dtype(meta.dtype)
+    if s.is_sar and s.to_db:
+        if p1 < 0:
+            why = (f"holds negative values ({p1:.3g} at the 1st percentile), but {s.name!r} expects "
+                   "linear power (>= 0); for backscatter in dB use 'sentinel1_grd'")  # fmt: skip
+    elif s.is_sar:
+        db = vals * s.scale + s.offset
+        if float(np.mean(db >= 0)) > 0.95:
+            why = (f"has {float(np.mean(db >= 0)):.0%} non-negative values, but {s.name!r} expects "
+                   "backscatter in dB (mostly negative); for linear power use "
+                   "'sentinel1_grd_linear'")  # fmt: skip
+        elif p99 * s.scale + s.offset > 40 or p1 * s.scale + s.offset < -80:
+            why = f"ranges {p1:.3g}..{p99:.3g}, far outside backscatter in dB"
+    elif kind.kind == "f" and s.scale < 0.01 and p99 < 1.5:
+        return  # reflectance already in 0..1: check_scaled refuses it with its own message
+    else:
+        lo, hi = p1 * s.scale + s.offset, p99 * s.scale + s.offset
+        unit = "reflectance" if s.units == "reflectance" else s.units
+        coded = f" x {1 / s.scale:g}" if s.scale < 0.01 else ""
+        if s.units == "reflectance" and hi < 0.03:
+            bits = f"{kind.name} data " if kind.itemsize == 1 else ""
+            why = (f"{bits}reads as {unit} below {hi:.3g} for 99% of valid pixels: too dark for "
+                   f"{s.name!r}, which expects {unit}{coded} (8-bit data reads ~40 x too dark); "
+                   "rescale the file or use a sensor with its scale")  # fmt: skip
+        elif lo > 1.5 or hi > 2.5:
+            why = (f"reads as {unit} up to {hi:.3g}: too bright for {s.name!r} ({unit}{coded}); "
+                   f"the file holds another scale ({kind.name} data?): rescale it or use a "
+                   "sensor with its scale")  # fmt: skip
+    if why is not None:
+        warn_once(meta.path, "values", f"{meta.path}: {why}", ImplausibleValuesWarning)

@@ -40,6 +40,8 @@ from .raster import (
     ReadHow,
     check_against,
     check_dtype,
+    check_georeferenced,
+    check_plausible,
     check_scaled,
     dates_for,
     file_bands,
@@ -138,6 +140,9 @@ def _band_order(files, layout, sensor: Sensor | None) -> tuple[str, ...]:
 
 def _make_spec(paths, sensor, dates, bands, cloud_masks, opts: _Opts) -> _Spec:
     files = [[FileMeta.of(p) for p in group] for group in normalise_paths(paths)]
+    for group in files:
+        for m in group:
+            check_georeferenced(m, opts.allow_no_crs)
     first = files[0][0].path
     try:
         sens = None if sensor is None else sensors.get(sensor)
@@ -197,6 +202,8 @@ def _read_frame(spec: _Spec, t: int, dst: Grid, ref: Grid, ref_name: str, method
         if pairs:
             idx, how = [p[0] for p in pairs], spec.how(meta)
             vals, good, methods[str(meta.path)] = read_onto(meta, idx, dst, how)
+            if spec.sensor is not None and spec.opts.dtype_check:
+                check_plausible(meta, vals, spec.sensor)
             x[[p[1] for p in pairs]] = vals
             ok &= good
     if spec.sensor is not None and spec.opts.dtype_check:

@@ -50,6 +50,21 @@ def test_wrong_band_count_for_the_sensor(micro, tmp_path):
                             tmp_path / "o.tif", **OPTS)  # fmt: skip
 
 
+def test_a_crs_without_geotransform_is_refused_before_the_first_tile(micro, scene, tmp_path):
+    import rasterio
+
+    arr = (smooth(12, 32, 32, 1, 0.1, 0.3) * 1e4).astype(np.uint16)
+    bad = tmp_path / "nogt.tif"
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        with rasterio.open(bad, "w", driver="GTiff", width=32, height=32, count=12,
+                           dtype="uint16", crs="EPSG:32633") as ds:  # fmt: skip
+            ds.write(arr)
+    with pytest.raises(RasterError, match=r"nogt\.tif: has a CRS .* but no geotransform"):
+        micro.embed_rasters({"s2": rs.RasterInput("sentinel2_l2a", [str(bad)], ["2021-05-01"])},
+                            tmp_path / "o.tif", **OPTS)  # fmt: skip
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_unknown_sensor(micro, scene, tmp_path):
     with pytest.raises(RasterError, match=r"s2_0\.tif: .*sentinel9"):
         micro.embed_rasters(
