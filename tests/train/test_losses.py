@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import rsfm_kernels as rk
 import torch
 import torch.nn.functional as F
 from rsfm_train.config import LossSection
@@ -55,12 +54,34 @@ def test_gather_tokens_picks_positions():
     torch.testing.assert_close(out[1, 0], x[1, :, 0, 1])
 
 
-def test_global_info_nce_single_process_is_the_kernel_mean():
-    q, k = F.normalize(torch.randn(37, 8), dim=1), F.normalize(torch.randn(37, 8), dim=1)
-    valid = torch.rand(37) > 0.3
+def _info_nce_by_hand(q, k, valid, t):
+    """InfoNCE written out row by row in float64: each valid row i against the valid keys,
+    its positive is key i; the mean over valid rows."""
+    rows = []
+    keys = [j for j in range(k.shape[0]) if valid[j]]
+    for i in range(q.shape[0]):
+        if not valid[i]:
+            continue
+        logits = torch.stack([(q[i].double() @ k[j].double()) / t for j in keys])
+        rows.append(torch.logsumexp(logits, 0) - (q[i].double() @ k[i].double()) / t)
+    return torch.stack(rows).mean()
+
+
+def test_global_info_nce_single_process_matches_the_formula_and_its_gradient():
+    g = _gen(5)
+    q = F.normalize(torch.randn(37, 8, generator=g), dim=1).requires_grad_(True)
+    k = F.normalize(torch.randn(37, 8, generator=g), dim=1).requires_grad_(True)
+    valid = torch.rand(37, generator=g) > 0.3
     loss, n = global_info_nce(q, k, valid, 0.1)
-    torch.testing.assert_close(loss, rk.info_nce(q, k, 0.1, q_valid=valid, k_valid=valid))
+    want = _info_nce_by_hand(q, k, valid, 0.1)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     assert int(n) == int(valid.sum())
+    gq, gk = torch.autograd.grad(loss, (q, k))
+    wq, wk = torch.autograd.grad(want, (q, k))
+    torch.testing.assert_close(gq, wq, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gk, wk, rtol=1e-4, atol=1e-6)
+    assert (gq[~valid] == 0).all()  # invalid rows neither pull nor are pulled
+    assert (gk[~valid] == 0).all()
 
 
 # ------------------------------------------------------------------------------ pixel
