@@ -1,4 +1,5 @@
-"""A plain (non-editable) install provides all three import packages."""
+"""A plain (non-editable) install provides all three import packages: a static check of
+the source tree (default suite) and a real ``pip install --target`` (``slow``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_every_source_folder_is_a_package_setup_py_installs():
+    """setup.py installs what ``find_packages`` finds: folders with an ``__init__.py``. A
+    folder of modules without one would be left out of a plain install (an editable
+    install or a stale build/ hides that)."""
+    roots = {"rsfm_core": REPO / "rsfm_core", "rsfm_kernels": REPO / "kernels",
+             "rsfm_train": REPO / "train"}  # fmt: skip
+    missing = []
+    for root in roots.values():
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+            if folder.name in ("__pycache__", "configs") or folder.name.startswith("."):
+                continue
+            if any(folder.glob("*.py")) and not (folder / "__init__.py").is_file():
+                missing.append(str(folder.relative_to(REPO)))
+    assert not missing, f"folders with modules but no __init__.py: {missing}"
+    setup = (REPO / "setup.py").read_text()
+    assert '"configs/*.yaml"' in setup and any((REPO / "train" / "configs").glob("*.yaml"))
+    for name, folder in roots.items():
+        assert f'"{name}": "{folder.name}"' in setup, name
+
+
+@pytest.mark.slow
 def test_plain_install_imports_all_three_packages(tmp_path):
     target = tmp_path / "site"
     subprocess.run(

@@ -82,7 +82,11 @@ def test_no_recorded_checksum_is_an_error_unless_verify_is_off(ckpt):
     meta = _meta(ckpt)
     del meta["weights_sha256"]
     _write_meta(ckpt, meta)
-    for load in (rs.load_pretrained, rs.model.RSFMEncoder.from_pretrained, rs.Embedder.from_pretrained):
+    for load in (
+        rs.load_pretrained,
+        rs.model.RSFMEncoder.from_pretrained,
+        rs.Embedder.from_pretrained,
+    ):
         with pytest.raises(CheckpointError, match="no recorded SHA-256"):
             load(ckpt)
     assert rs.load_pretrained(ckpt, verify=False).config.dim == MICRO["dim"]

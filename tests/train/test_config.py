@@ -165,9 +165,12 @@ def test_every_shipped_yaml_builds_its_model_and_loader(path, twelve_shards):
     assert loader.state().workers == max(1, cfg.data.workers)
 
 
-def test_tiny_cpu_trains_two_steps(tmp_path):
+def test_tiny_cpu_trains_two_steps(tmp_path, monkeypatch):
     """The CPU demo config as shipped (only the run folder and step count changed)."""
     from rsfm_train.pretrain import run_pretrain
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # what init_distributed sets goes afterwards
 
     cfg = load_config("tiny_cpu", [f"run.out_dir={tmp_path}", "run.ckpt_every=0"])
     state = run_pretrain(cfg, max_steps=2, progress=False)

@@ -1,14 +1,28 @@
-"""The README's demo end to end, shortened: scene -> pretrain -> export -> embed -> probe."""
+"""The README's demo: the reading part in the default suite; end to end (scene ->
+pretrain -> export -> embed -> probe, three child processes) is ``slow``. Each step of
+the end-to-end run has its own default test: tests/train/test_config.py
+(``tiny_cpu`` trains), test_engine_train.py (``rsfm pretrain`` + ``rsfm export``),
+tests/inference/test_cli.py (``rsfm embed``), test_eval_cli.py (``rsfm eval``)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
 import rasterio
 
 from rsfm_core import cli
 
 
+def test_demo_scene_and_what_the_reader_sees(tmp_path, capfd):
+    assert cli.main(["demo", "--out", str(tmp_path), "--size", "32", "--dates", "2",
+                     "--pretrain-steps", "0"]) == 0  # fmt: skip
+    out = capfd.readouterr().out
+    assert "== what the reader sees ==" in out and "sentinel2_l2a: pixels (2, 12, 32, 32)" in out
+    assert (tmp_path / "scene" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capfd, monkeypatch):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     monkeypatch.setenv(

@@ -1,6 +1,11 @@
 """Two CPU processes (torchrun, gloo, OMP_NUM_THREADS=1) at ZeRO 0-3: the NaN guard
 skips on every rank, teachers stay identical across ranks, ZeRO 3 trains like ZeRO 0,
-checkpoints hold one RNG/data file per rank, and resume is exact on two ranks."""
+checkpoints hold one RNG/data file per rank, and resume is exact on two ranks.
+
+The default suite runs the documented two-rank launch (``test_engine_dist_pretrain_command``,
+ZeRO 2) and ``test_dist_gather``; the ZeRO 0-3 sweep behind ``report`` (several 2-process
+runs) is ``slow`` (``pytest -m slow``). One process covers the same properties per rank
+(tests/train/test_engine_train.py, test_engine_resume.py)."""
 
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ def _same(a: list[float], b: list[float]) -> bool:
     return all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["z0", "z1", "z2", "z3", "z2_resumed"])
 def test_engine_dist_ranks_agree(report, run):
     r = report[run]
@@ -71,6 +77,7 @@ def test_engine_dist_ranks_agree(report, run):
     )
 
 
+@pytest.mark.slow
 def test_engine_dist_nan_on_one_rank_skips_the_step_on_all(report):
     r = report["z2"]
     assert r["skipped"] == [0.0, 1.0, 0.0]
@@ -78,11 +85,13 @@ def test_engine_dist_nan_on_one_rank_skips_the_step_on_all(report):
     assert all(x["skipped"] == 1 for x in r["ranks"])
 
 
+@pytest.mark.slow
 def test_engine_dist_resume_is_exact(report):
     assert _same(report["z2"]["losses"], report["z2_resumed"]["losses"])
     assert report["z2"]["ranks"] == report["z2_resumed"]["ranks"]
 
 
+@pytest.mark.slow
 def test_engine_dist_zero3_trains_like_zero0(report):
     z0, z3 = report["z0"], report["z3"]
     assert z0["losses"][0] == pytest.approx(z3["losses"][0], rel=1e-6)
