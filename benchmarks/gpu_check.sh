@@ -23,6 +23,7 @@ step() {  # step NAME SECONDS CMD...
 }
 step gpu_tests 180 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x
 step attention_bench 240 python3 -m benchmarks.attention --json "$OUT/attention.json"
+step spectral_embed_bench 120 python3 -m benchmarks.spectral_embed --json "$OUT/spectral_embed.json"
 # Not on the GPU image, so not run here yet: benchmarks.train_throughput needs DeepSpeed
 # (+ webdataset) and benchmarks.embed needs rasterio/pyarrow/shapely. Carry their wheels
 # into .whl (see the device tool's README) and add:

@@ -31,17 +31,20 @@ class LaunchConfig:
     num_stages: int
 
 
-# (arch, operand bytes) -> (forward, weight gradient). Starting points: a bf16 GEMM tile
-# 128 x 128 x 64 (forward: tokens x features x pixels), then checked offline with
-# `python -m benchmarks.spectral_embed --compile-report` (no spills; shared memory within
-# sm90 228 KB / sm80 164 KB). The weight gradient is a GEMM with a long reduction over
-# tokens and a small (pixels x features) output: 64 x 128 tiles, split over tokens.
-# Not yet timed on hardware (no GPU in the sessions that wrote them).
+# (arch, operand bytes) -> (forward, weight gradient). Starting point: a bf16 GEMM tile
+# 128 x 128 x 64 (forward: tokens x features x pixels); the offline compile
+# (`python -m benchmarks.spectral_embed --compile-report`) showed 167-255 registers with
+# K = 64 (sm80 p = 10: 984 B spilled in dW), because every pixel of a tile carries its
+# own 64-bit address (pointer arithmetic on an NCHW patch, no block pointers); K = 32
+# halves that: 128-148 registers for p in {4, 8, 16, 40}, 194-238 for p = 10, no spills,
+# shared memory <= 48 KB. The weight gradient is a GEMM with a long reduction over tokens
+# and a small (pixels x features) output: 32 x 128 tiles over 64 tokens per step, split
+# over tokens. Not yet timed on hardware (no GPU in the sessions that wrote them).
 _C = LaunchConfig
 _PINNED = {
-    ("sm90", 2): (_C(128, 128, 64, 8, 3), _C(64, 128, 64, 8, 3)),
-    ("sm80", 2): (_C(128, 128, 64, 8, 3), _C(64, 128, 64, 4, 3)),
-    ("other", 2): (_C(64, 128, 64, 4, 2), _C(64, 64, 64, 4, 2)),
+    ("sm90", 2): (_C(128, 128, 32, 8, 3), _C(64, 128, 32, 8, 3)),
+    ("sm80", 2): (_C(128, 128, 32, 8, 3), _C(64, 128, 32, 4, 3)),
+    ("other", 2): (_C(64, 128, 32, 4, 2), _C(64, 64, 32, 4, 2)),
 }
 _FP32 = (_C(64, 64, 32, 4, 2), _C(32, 64, 32, 4, 2))  # float32 dots: 2x the bytes per tile
 _INTERPRETER = (_C(32, 32, 64, 1, 1), _C(32, 32, 64, 1, 1))  # numpy: few, larger steps
