@@ -340,7 +340,7 @@ def _shape_reasons(inputs: dispatch.Inputs | None) -> list[str]:
 
 def _triton_reasons(inputs: dispatch.Inputs | None) -> list[str]:
     if _T is None:
-        return [_NO_TRITON]
+        return [_NO_TRITON, *_shape_reasons(inputs)]
     out = dispatch.backend_device_reasons(inputs)
     if inputs is None:
         return out
