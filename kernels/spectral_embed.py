@@ -100,6 +100,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 from . import dispatch
 
@@ -517,6 +518,26 @@ def _backward(ctx, grad):
 
 
 _op_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# FLOPs for torch.utils.flop_counter (the op is opaque to it): the useful GEMM work, each
+# band counted in its own group, 2 * BT * N * C * p^2 * D per GEMM (forward; weight
+# gradient; image gradient), whatever a backend spends on padding or zero blocks.
+def _gemm_flops(x_shape, weight_shape) -> int:
+    BT, C, H, W = x_shape
+    _, D, p, _ = weight_shape
+    return 2 * BT * (H // p) * (W // p) * C * p * p * D
+
+
+@register_flop_formula(torch.ops.rsfm.spectral_patch_embed)
+def _forward_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return _gemm_flops(x_shape, weight_shape)
+
+
+@register_flop_formula(torch.ops.rsfm.spectral_patch_embed_backward)
+def _backward_flops(grad_shape, x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    needs = args[7]  # (x, weight, bias, pos)
+    return _gemm_flops(x_shape, weight_shape) * (int(needs[0]) + int(needs[1]))
 
 
 def spectral_patch_embed(

@@ -321,6 +321,19 @@ def test_torch_compile_fullgraph_no_graph_breaks():
     torch.testing.assert_close(gs, rs)
 
 
+def test_flop_counter_sees_the_op():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inp = with_leaves(make_inputs(BT=3, C=5, G=2, p=4, h=2, w=3, D=16), ("weight",))
+    gemm = 2 * 3 * 6 * 5 * 16 * 16  # 2 * BT * N * C * p^2 * D
+    with FlopCounterMode(display=False) as fc:
+        out = rk.spectral_patch_embed(**inp)
+    assert fc.get_total_flops() == gemm
+    with FlopCounterMode(display=False) as fc:
+        out.sum().backward()  # the weight gradient only (x needs none)
+    assert fc.get_total_flops() == gemm
+
+
 # ---------------------------------------------------------------- GPU (-m gpu)
 
 GPU_CASES = {  # realistic sizes, batch trimmed to keep the float32 reference in memory
