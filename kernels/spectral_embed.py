@@ -46,10 +46,10 @@ Backends (priority order; ``spectral_patch_embed(..., backend=)`` or
   float32 accumulation; bias and pos are added in the epilogue and ``(BT, G, N, D)`` is
   written once. The group sum is folded: each group's K loop visits only its bands (a
   device argsort of ``group_index`` and a searchsorted give the band lists; no host sync,
-  no zero blocks). Non-power-of-two patches (p = 10, 40) run as padded K chunks with
-  masks (p = 40: 1600 pixels = 25 chunks of 64, no padding; p = 10: 100 pixels in two
-  chunks of 64, 22 % of the K lanes masked). Tokens are flattened over ``BT * N`` so a
-  tile spans images (no ragged tail per image).
+  no zero blocks). Any p works; non-powers of two run as masked K chunks over the
+  flattened ``p * p`` pixels (GPU K step 32: p = 40 is 50 full chunks, p = 10 is 100
+  pixels in 4 chunks, 22 % of the K lanes masked). Tokens are flattened over ``BT * N``
+  so a tile spans images (no ragged tail per image).
   Weight gradient: a second Triton kernel, chosen over a torch GEMM because the GEMM
   needs an im2col copy of the normalised image and, for G > 1, either G times the FLOPs
   (a block-diagonal weight with zeros) or a per-group loop; the kernel reads pixels and
@@ -58,12 +58,16 @@ Backends (priority order; ``spectral_patch_embed(..., backend=)`` or
   deterministic), summed by torch. ``dbias``/``dpos`` are torch sums of dOut. The image
   gradient is declined: ``x.requires_grad`` (with grad enabled) is a reason, so the
   dispatcher picks ``torch``.
-- ``torch`` (50): plain PyTorch, no per-group loop and no host sync: normalise + select
-  once, one reshape/permute into patches ``(BT*N, C*p*p)``, one matmul against the group
-  sum folded into a block weight ``(G*D, C*p*p)`` (zeros outside each group), one add of
-  ``bias + pos``; the backward is written out (two GEMMs, recomputing the patches). Faster
-  on CPU than a strided ``conv2d`` of the same block weight (measured, docs/spectral_embed.md).
-  Computes in float32 on CPU and in ``weight.dtype`` on CUDA for float16/bfloat16 weights.
+- ``torch`` (50; :mod:`rsfm_kernels.spectral_embed_torch`): plain PyTorch, no per-group
+  loop over the compute and no device sync. G = 1: normalise + select once, patches
+  ``(BT*N, C*p*p)`` by one reshape/permute, one matmul, one add of ``bias + pos``
+  (1.4-2x the reference on CPU; faster than a strided ``conv2d`` of the same weight).
+  G > 1 with ``group_index`` on the CPU: bands gathered per group (no copy for contiguous
+  equal groups) and one grouped ``conv2d``; on CUDA (where reading ``group_index`` would
+  sync): the group sum folded into a block weight ``(G*D, C*p*p)`` with zeros outside each
+  group, one matmul, G times the useful FLOPs. Backward written out (the same GEMMs/convs
+  transposed, recomputing the normalised pixels). Computes in float32 on CPU and in
+  ``weight.dtype`` on CUDA for float16/bfloat16 weights.
 - ``reference`` (90): float32, one ``conv2d`` per group and a ``nonzero`` per group (host
   syncs): the spec. Its backward mirrors the loop (``torch.nn.grad.conv2d_weight`` and
   ``conv2d_input`` per group).
@@ -71,9 +75,19 @@ Backends (priority order; ``spectral_patch_embed(..., backend=)`` or
 The op is the custom op ``torch.ops.rsfm.spectral_patch_embed`` (fake implementation and
 autograd registered; backward ``torch.ops.rsfm.spectral_patch_embed_backward``), so
 ``torch.compile(fullgraph=True)`` traces a call as one node, without graph breaks. The
-backend is chosen inside the op at run time and cached per (forced backend, interpreter
-flag, x-needs-grad, devices/dtypes/shapes of the inputs): after the first call of a
-signature the choice is one dictionary look-up (docs/spectral_embed.md has the numbers).
+backend is chosen inside the op at run time and cached per (forced backend, x needs a
+gradient, device, dtypes and shapes of the inputs): after the first call of a signature
+the choice is one dictionary look-up (docs/spectral_embed.md has the numbers).
+
+Offline compile (Triton 3.9's ptxas, D = 768, mask + normalisation on, ragged tiles;
+``python -m benchmarks.spectral_embed --compile-report``): with the first choice, K = 64,
+the forward needed 167-255 registers and the sm80 p = 10 weight gradient spilled 984 B
+(each pixel of a tile carries its own 64-bit address); the pinned K = 32 gives, bf16,
+forward 128 x 128 x 32 (8 warps): 128-148 registers for p in {4, 8, 16, 40} and 194
+(sm90) / 238 (sm80) for p = 10, 32-36 KB shared memory; weight gradient 64 x 128 x 32:
+51-118 registers, 198 for sm80 p = 10, <= 48 KB; float32 (64 x 64 x 32 forward, 32 x 64
+x 32 dW) 108-255 registers. No spills anywhere; the forward pipelines its loads
+(cp.async) and uses wgmma on sm90.
 
 Caution:
 - The Triton kernels were verified under the CPU interpreter (float32/float16) and compiled
@@ -82,8 +96,12 @@ Caution:
 - float32 weights: the dots follow ``torch.get_float32_matmul_precision()`` ("highest":
   exact, without tensor cores, compute-bound at D = 768; "high": 3xTF32; "medium": TF32).
   The model passes float32 weights today; bfloat16 weights make the op memory-bound.
-- For G > 1 the ``torch`` backend does G times the useful FLOPs (the zero blocks); on CPU
-  that makes it slower than the reference for hyperspectral G = 8 (measured).
+- G > 1 on CPU: the loop-free ``torch`` backend (one grouped ``conv2d``) measured 0.7-0.9x
+  the reference's per-group ``conv2d`` loop (hyperspectral, G = 4 and 8; the block
+  layout would be 5-20x slower); G = 1 it is 1.4-2x faster. It stays the automatic CPU
+  choice (docs/spectral_embed.md has the numbers; ``backend="reference"`` forces the loop).
+- ``Backend.fn`` of ``triton`` and ``torch`` are raw forwards (no autograd graph); call
+  :func:`spectral_patch_embed` (the custom op) for gradients.
 - Launch configs are pinned per architecture and untuned on hardware.
 - No double backward.
 
@@ -103,6 +121,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from . import dispatch
+from . import spectral_embed_torch as _torch
 
 OP = "spectral_embed"
 _NO_TRITON = "triton is not installed (pip install triton; Linux only)"
@@ -154,24 +173,13 @@ def spectral_patch_embed_reference(
     return out.to(weight.dtype)
 
 
-def _normalised(x, mean, std, valid, dtype: torch.dtype) -> torch.Tensor:
-    """``xn`` of the docstring, ``(BT, C, H, W)`` in ``dtype`` (math in float32)."""
-    C = x.shape[1]
-    xf = x.float()
-    if mean is not None:
-        xf = (xf - mean.float().view(1, C, 1, 1)) / std.float().view(1, C, 1, 1)
-    if valid is not None:
-        xf = torch.where(valid[:, None].bool(), xf, xf.new_zeros(()))  # NaN-safe
-    return xf.to(dtype)
-
-
 def _reference_backward(grad, x, weight, group_index, G, mean, std, valid, needs):
     """The reference's gradients, mirroring its loop: (dx, dweight) in float32 or None."""
     need_x, need_w = needs[0], needs[1]
     BT, C, H, W = x.shape
     _, D, p, _ = weight.shape
     h, w = H // p, W // p
-    xf = _normalised(x, mean, std, valid, torch.float32) if need_w else None
+    xf = _torch.normalised(x, mean, std, valid, torch.float32) if need_w else None
     wf = weight.float()
     gf = grad.float()
     dx = x.new_zeros(x.shape, dtype=torch.float32) if need_x else None
@@ -191,93 +199,6 @@ def _reference_backward(grad, x, weight, group_index, G, mean, std, valid, needs
     if need_x:
         if std is not None:
             dx = dx / std.float().view(1, C, 1, 1)
-        if valid is not None:
-            dx = torch.where(valid[:, None].bool(), dx, dx.new_zeros(()))
-    return dx, dw
-
-
-# ---------------------------------------------------------------------------- torch
-
-
-def _torch_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """float32 on CPU; on CUDA the weight's dtype when it is 16-bit (tensor cores)."""
-    if x.device.type == "cuda" and weight.dtype in (torch.float16, torch.bfloat16):
-        return weight.dtype
-    return torch.float32
-
-
-def _patches(xn: torch.Tensor, p: int) -> torch.Tensor:
-    """(BT, C, H, W) -> (BT * N, C * p * p), token-major, K ordered (c, u, v)."""
-    BT, C, H, W = xn.shape
-    h, w = H // p, W // p
-    t = xn.reshape(BT, C, h, p, w, p).permute(0, 2, 4, 1, 3, 5)  # (BT, h, w, C, p, p)
-    return t.reshape(BT * h * w, C * p * p)
-
-
-def _block_weight(weight, group_index, G: int, dtype: torch.dtype) -> torch.Tensor:
-    """The group sum folded into one weight: (G * D, C * p * p), zero outside each group."""
-    C, D, p, _ = weight.shape
-    groups = torch.arange(G, device=weight.device)
-    onehot = (group_index.view(1, C) == groups.view(G, 1)).to(dtype)  # (G, C)
-    wt = weight.to(dtype).reshape(C, D, p * p).transpose(0, 1)  # (D, C, p*p)
-    return (onehot.view(G, 1, C, 1) * wt.unsqueeze(0)).reshape(G * D, C * p * p)
-
-
-def spectral_patch_embed_torch(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    group_index: torch.Tensor,
-    num_groups: int,
-    bias: torch.Tensor | None = None,
-    pos: torch.Tensor | None = None,
-    mean: torch.Tensor | None = None,
-    std: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Plain PyTorch, one matmul, no per-group loop, no host sync. Returns ``weight.dtype``."""
-    BT, C, H, W = x.shape
-    _, D, p, _ = weight.shape
-    G, N = num_groups, (H // p) * (W // p)
-    cd = _torch_dtype(x, weight)
-    patches = _patches(_normalised(x, mean, std, valid, cd), p)  # (BT*N, C*p*p)
-    y = patches @ _block_weight(weight, group_index, G, cd).t()  # (BT*N, G*D)
-    y = y.view(BT, N, G, D).transpose(1, 2)  # (BT, G, N, D) view
-    epi = None  # (G, N, D) or a broadcastable part of it
-    if bias is not None:
-        epi = bias.to(cd)[:, None, :]  # (G, 1, D)
-    if pos is not None:
-        epi = pos.to(cd)[None] if epi is None else epi + pos.to(cd)[None]  # (G, N, D)
-    out = torch.empty((BT, G, N, D), dtype=cd, device=x.device)
-    if epi is None:
-        out.copy_(y)
-    else:
-        torch.add(y, epi, out=out)
-    return out if cd == weight.dtype else out.to(weight.dtype)
-
-
-def _torch_backward(grad, x, weight, group_index, G, mean, std, valid, needs):
-    """Written-out gradients of :func:`spectral_patch_embed_torch`: (dx, dweight) or None."""
-    need_x, need_w = needs[0], needs[1]
-    if not (need_x or need_w):
-        return None, None
-    BT, C, H, W = x.shape
-    _, D, p, _ = weight.shape
-    h, w = H // p, W // p
-    cd = _torch_dtype(x, weight)
-    gy = grad.to(cd).transpose(1, 2).reshape(BT * h * w, G * D)  # (BT*N, G*D)
-    dx = dw = None
-    if need_w:
-        patches = _patches(_normalised(x, mean, std, valid, cd), p)  # (BT*N, C*p*p)
-        dwb = (gy.t() @ patches).view(G, D, C, p * p)  # all (group, band) pairs
-        gi = group_index.long()
-        inside = (gi >= 0) & (gi < G)
-        pick = dwb.permute(2, 0, 1, 3)[torch.arange(C, device=x.device), gi.clamp(0, G - 1)]
-        dw = (pick * inside.view(C, 1, 1).to(pick.dtype)).view(C, D, p, p)  # (C, D, p, p)
-    if need_x:
-        dp = gy @ _block_weight(weight, group_index, G, cd)  # (BT*N, C*p*p)
-        dx = dp.view(BT, h, w, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(BT, C, H, W)
-        if std is not None:
-            dx = dx / std.to(dx.dtype).view(1, C, 1, 1)
         if valid is not None:
             dx = torch.where(valid[:, None].bool(), dx, dx.new_zeros(()))
     return dx, dw
@@ -374,8 +295,8 @@ dispatch.register(
     description="one fused Triton kernel (normalise, mask, group GEMM, bias + pos); Triton dW",
 )  # fmt: skip
 dispatch.register(
-    OP, "torch", spectral_patch_embed_torch, _shape_reasons, priority=50,
-    description="PyTorch: patches + one matmul with a block weight, no loop or host sync",
+    OP, "torch", _torch.forward, _shape_reasons, priority=50,
+    description="PyTorch, no group loop or device sync: one matmul (G=1) or grouped conv2d",
 )  # fmt: skip
 dispatch.register(
     OP, "reference", spectral_patch_embed_reference, _shape_reasons, priority=90,
@@ -386,7 +307,7 @@ dispatch.register(
 # -> (dx, dweight) (None where not needed); dbias and dpos are shared torch sums.
 _BACKWARD = {
     "triton": _triton_backward,
-    "torch": _torch_backward,
+    "torch": _torch.backward,
     "reference": _reference_backward,
 }
 

@@ -77,7 +77,7 @@ def spec(inp: dict, dout: torch.Tensor, names=GRADS, rounded_to=None):
     the normalised pixels and weight rounded to that dtype (the low-precision peer)."""
     inp = dict(inp)
     if rounded_to is not None:
-        xn = SE._normalised(inp["x"], inp["mean"], inp["std"], inp["valid"], torch.float32)
+        xn = SE._torch.normalised(inp["x"], inp["mean"], inp["std"], inp["valid"], torch.float32)
         inp.update(x=xn.to(rounded_to).float(), mean=None, std=None, valid=None)
         inp["weight"] = inp["weight"].to(rounded_to)
     leaves = with_leaves(inp, names, dtype=torch.float32)
@@ -164,6 +164,31 @@ def test_torch_backend_x_gradient_matches_reference():
     out_r, grads_r = run(inp, "reference", dout, names)
     for n in names:
         assert_close(f"reference d{n}", grads_r[n], ref_grads[n])
+
+
+@pytest.mark.parametrize("layout", ["block", "exact-padded", "exact-identity"])
+def test_torch_layouts_match_reference(layout):
+    """Both group-sum layouts of the torch backend (block: what CUDA uses, G x the FLOPs;
+    exact: grouped conv2d from a CPU group_index), gradients of x and weight included."""
+    inp = make_inputs(BT=3, C=12, G=4, p=4, h=2, w=3, D=16, device="cpu")
+    if layout == "exact-identity":  # contiguous equal groups: no gather copy
+        inp["group_index"] = torch.arange(12) // 3
+    if layout == "exact-padded":
+        inp["group_index"] = torch.tensor([3, 0, 0, 2, 5, 0, 2, 3, 0, 0, -1, 2])  # G=1 empty
+    ex = SE._torch.exact_groups(inp["group_index"], 4, torch.device("cpu"))
+    exact = layout != "block"
+    if exact:
+        assert ex.identity == (layout == "exact-identity")
+        assert ex.padded == (layout == "exact-padded")
+    args = [inp[k] for k in ("x", "weight", "group_index", "num_groups", "bias", "pos", "mean",
+                             "std", "valid")]  # fmt: skip
+    out = SE._torch.forward(*args, exact=exact)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    dx, dw = SE._torch.backward(dout, *args[:4], *args[6:], [True, True], exact=exact)
+    ref, grads = spec(inp, dout, ("x", "weight"))
+    assert_close("out", out, ref)
+    assert_close("dx", dx, grads["x"])
+    assert_close("dweight", dw, grads["weight"])
 
 
 @needs_triton
