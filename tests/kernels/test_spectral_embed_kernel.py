@@ -323,6 +323,24 @@ def test_opcheck(backend, optional):
     torch.library.opcheck(torch.ops.rsfm.spectral_patch_embed_backward.default, bwd)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_eager_path_equals_custom_op(backend):
+    """spectral_patch_embed's eager autograd.Function and the custom op run the same code."""
+    if backend == "triton" and (T is None or not (CUDA or T._INTERPRETED)):
+        pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1")
+    inp = make_inputs(BT=3, C=5, G=2, p=4, h=2, w=1, D=16)
+    dout = torch.randn(3, 2, 2, 16, generator=torch.Generator().manual_seed(8)).to(DEV)
+    out, grads = run(inp, backend, dout)
+    leaves = with_leaves(inp)
+    args = [leaves[k] for k in ("x", "weight", "group_index", "num_groups", "bias", "pos",
+                                "mean", "std", "valid")]  # fmt: skip
+    out_op = torch.ops.rsfm.spectral_patch_embed(*args, backend, False)
+    grads_op = torch.autograd.grad(out_op, [leaves[n] for n in GRADS], dout)
+    assert torch.equal(out, out_op)
+    for n, g in zip(GRADS, grads_op):
+        assert torch.equal(grads[n], g), n
+
+
 def test_torch_compile_fullgraph_no_graph_breaks():
     inp = make_inputs(BT=2, C=3, G=2, p=4, h=2, w=2, D=16)
     w = inp["weight"].clone().requires_grad_(True)
