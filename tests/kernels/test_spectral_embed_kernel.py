@@ -13,6 +13,10 @@ low dtype, float32 accumulation).
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import rsfm_kernels as rk
@@ -24,6 +28,7 @@ T = SE._T  # the Triton kernels (None where Triton is not installed)
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
+REPO = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(
     T is None or not (CUDA or T._INTERPRETED),
     reason="Triton kernels need CUDA or TRITON_INTERPRET=1",
@@ -81,8 +86,10 @@ def spec(inp: dict, dout: torch.Tensor, names=GRADS, rounded_to=None):
         inp.update(x=xn.to(rounded_to).float(), mean=None, std=None, valid=None)
         inp["weight"] = inp["weight"].to(rounded_to)
     leaves = with_leaves(inp, names, dtype=torch.float32)
-    ref = rk.spectral_patch_embed_reference(**leaves)
-    grads = torch.autograd.grad(ref, [leaves[n] for n in names], dout.float())
+    # cuDNN convolutions default to TF32 on GPU: the float32 spec must not
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        ref = rk.spectral_patch_embed_reference(**leaves)
+        grads = torch.autograd.grad(ref, [leaves[n] for n in names], dout.float())
     return ref, dict(zip(names, grads))
 
 
@@ -375,6 +382,25 @@ def test_flop_counter_sees_the_op():
     with FlopCounterMode(display=False) as fc:
         out.sum().backward()  # the weight gradient only (x needs none)
     assert fc.get_total_flops() == gemm
+
+
+# ---------------------------------------------------------------- offline GPU compile (slow)
+
+
+@pytest.mark.slow
+def test_pinned_configs_compile_for_sm80_and_sm90_without_spills():
+    """Compiles both kernels' pinned configs with Triton's own ptxas; no GPU (~2 min)."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.spectral_embed", "--compile-report"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith(("sm80", "sm90"))]
+    assert len(rows) == 40, res.stdout  # 2 archs x 2 dtypes x 5 patch sizes x 2 kernels
+    spilling = [r for r in rows if " 0 B spilled" not in r and "ptxas unavailable" not in r]
+    assert not spilling, "\n".join(spilling)
 
 
 # ---------------------------------------------------------------- GPU (-m gpu)
