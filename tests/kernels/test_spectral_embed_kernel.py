@@ -128,7 +128,7 @@ def check_backend(backend: str, inp: dict, atol: float = 1e-5):
 # ---------------------------------------------------------------- forward + gradients
 
 # (BT, C, G, p, h, w, D, norm, masked): C in {1, 2, 13, 202}, G in {1, 4}, p in {4, 8},
-# one case each for p = 10 and p = 40; odd batch sizes, odd token counts and D. The first
+# one case each for p = 10, 16 and 40; odd batch sizes, odd token counts and D. The first
 # case splits the weight gradient over tokens (few tiles, 45 tokens: 2 splits, the last
 # ragged); the second runs the mask-free EVEN path (32 tokens, D = 32, p * p = 64).
 CASES = [
@@ -140,6 +140,7 @@ CASES = [
     (1, 202, 1, 4, 1, 3, 24, False, False),
     (3, 202, 4, 8, 1, 1, 24, True, True),
     (3, 3, 2, 10, 1, 2, 24, True, True),
+    (1, 2, 1, 16, 2, 1, 16, False, True),
     (1, 2, 1, 40, 1, 1, 16, True, True),
 ]
 
