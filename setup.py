@@ -14,7 +14,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["rsfm_core", "rsfm_core.model", "rsfm_kernels", "rsfm_kernels.attn", "rsfm_train"],
+    packages=[
+        "rsfm_core",
+        "rsfm_core.model",
+        "rsfm_kernels",
+        "rsfm_kernels.attn",
+        "rsfm_train",
+        "rsfm_train.evalreal",
+    ],
     package_dir={"rsfm_core": "rsfm_core", "rsfm_kernels": "kernels", "rsfm_train": "train"},
     package_data={"rsfm_train": ["configs/*.yaml"]},
     install_requires=[
