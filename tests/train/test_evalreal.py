@@ -232,7 +232,8 @@ def test_runner_measures_raw_random_and_checkpoint_and_skips_missing(stand_in, c
     presto = report["tasks"]["presto_algae"]["rows"][0]
     assert presto["dim"] == 12 * 13 and presto["n_test"] == [337, 337]
     md = markdown(report)
-    assert "| eurosat | 13 bands | 5-fold CV | accuracy |" in md and "Skipped:" in md
+    assert "| eurosat | 13 bands | 5-fold CV | accuracy | 0.100 |" in md and "Skipped:" in md
+    assert raw["prior"]["accuracy"]["mean"] == 0.1  # balanced classes: any majority is 1/10
 
 
 def test_runner_is_deterministic(stand_in):

@@ -120,6 +120,13 @@ def bootstrap_std(score, y: np.ndarray, scores: np.ndarray, n: int = BOOTSTRAP, 
     return {m: float(np.std([v[m] for v in vals], ddof=1)) for m in vals[0]}
 
 
+def _prior(y_train: np.ndarray, n: int, K: int, multilabel: bool) -> np.ndarray:
+    """Scores that ignore the features: the training part's class (label) frequencies for
+    every test item -- the majority class / constant-score reference of a split."""
+    freq = y_train.mean(0) if multilabel else np.bincount(y_train, minlength=K) / len(y_train)
+    return np.broadcast_to(freq, (n, K)).astype(np.float64)
+
+
 def _probe_row(task: Task, x: np.ndarray, protocol: str, settings: EvalSettings) -> dict:
     y, K, ml = task.y, task.num_outputs, task.multilabel
     seeds = list(range(settings.seeds))
@@ -129,6 +136,7 @@ def _probe_row(task: Task, x: np.ndarray, protocol: str, settings: EvalSettings)
     knn = [knn_probe(x[tr], y[tr], x[te], K, ml, s, settings.k_grid)
            for (tr, te), s in zip(splits, seeds)]  # fmt: skip
     return {
+        "prior": _summary([task.score(y[te], _prior(y[tr], len(te), K, ml)) for tr, te in splits]),
         "linear": _summary([task.score(y[te], r.scores) for r, (_, te) in zip(lin, splits)]),
         "knn": _summary([task.score(y[te], r.scores) for r, (_, te) in zip(knn, splits)]),
         "linear_bootstrap_std": bootstrap_std(task.score, y[splits[0][1]], lin[0].scores),
@@ -234,24 +242,21 @@ def summary_table(report: dict) -> str:
     """One line per task / input / protocol, one column per feature kind: the first
     metric of the linear probe (mean ± std over seeds)."""
     kinds = [k["name"] for k in report["feature_kinds"]]
-    lines = ["| task | input | protocol | metric | " + " | ".join(kinds) + " |",
-             "|---" * (4 + len(kinds)) + "|"]  # fmt: skip
+    lines = ["| task | input | protocol | metric | train prior | " + " | ".join(kinds) + " |",
+             "|---" * (5 + len(kinds)) + "|"]  # fmt: skip
     for name, t in report["tasks"].items():
         if "skipped" in t:
-            lines.append(f"| {name} | skipped: {t['skipped']} |" + " |" * (2 + len(kinds)))
+            lines.append(f"| {name} | skipped: {t['skipped']} |" + " |" * (3 + len(kinds)))
             continue
         first = t["metrics"][0]
-        keys = dict.fromkeys((r["input"], r["protocol"]) for r in t["rows"])
-        for inp, prot in keys:
-            cells = []
-            for k in kinds:
-                r = next(
-                    r
-                    for r in t["rows"]
-                    if (r["input"], r["protocol"], r["features"]) == (inp, prot, k)
-                )
-                cells.append("n/a" if "unsupported" in r else _cell(r["linear"][first]))
-            lines.append(f"| {name} | {inp} | {prot} | {first} | " + " | ".join(cells) + " |")
+        rows = {(r["input"], r["protocol"], r["features"]): r for r in t["rows"]}
+        for inp, prot in dict.fromkeys((r["input"], r["protocol"]) for r in t["rows"]):
+            got = [rows[inp, prot, k] for k in kinds]
+            cells = ["n/a" if "unsupported" in r else _cell(r["linear"][first]) for r in got]
+            prior = next((f"{r['prior'][first]['mean']:.3f}" for r in got if "prior" in r), "")
+            lines.append(
+                f"| {name} | {inp} | {prot} | {first} | {prior} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -288,7 +293,9 @@ def markdown(report: dict) -> str:
         f"device: {env['device']}, torch {env['torch']}, {env['cpus']} CPUs, "
         f"{env['torch_threads']} torch threads; total {report['total_seconds']:.0f} s.",
         "",
-        "Linear probe, first metric of each task, mean ± std over seeds:",
+        "Linear probe, first metric of each task, mean ± std over seeds; train prior = the "
+        "same metric for scores that ignore the features (the training part's class "
+        "frequencies: majority class, constant scores):",
         "",
         summary_table(report),
         "",

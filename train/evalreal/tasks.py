@@ -192,7 +192,8 @@ class ReBEN(Task):
         test = ~self.train_mask
         self.notes = {
             "patches": n, "train": int(self.train_mask.sum()), "test": int(test.sum()),
-            "labels_scored": int(self.y[test].any(0).sum()), "label_names": list(z["label_names"]),
+            "labels_scored": int(self.y[test].any(0).sum()),
+            "label_names": [str(n) for n in z["label_names"]],
         }  # fmt: skip
 
     @staticmethod
