@@ -13,11 +13,15 @@ cross-validation on the training part only.
 - **Inner CV**: ``folds`` folds of the TRAINING part (stratified round-robin for class
   labels, plain shuffled split for multi-label), drawn with the run's seed. The linear
   probe picks ``l2`` from :data:`L2_GRID` by the lowest mean held-out log-loss (smooth,
-  so tiny training sets still rank the candidates; ties go to the stronger penalty);
-  inside each fold the grid is walked from strong to weak penalty with warm starts.
+  so tiny training sets still rank the candidates; ties go to the stronger penalty).
   kNN picks ``k`` from :data:`K_GRID` (capped at the smallest inner training part) by the
   highest held-out accuracy (multi-label: mAP); ties go to the smaller ``k``. The chosen
   value is then refit on the whole training part. Test data never enter the choice.
+- **Batching**: all folds x candidates (x splits) are fit as ONE L-BFGS problem, the sum
+  of the independent objectives (:func:`fit_many`); each training set's rows go through
+  one matrix product per evaluation for all its probes. Many tiny fits would otherwise
+  cost mostly Python overhead. The joint stopping rule (largest gradient entry < 1e-6
+  or ``max_iter``) applies to all probes together.
 """
 
 from __future__ import annotations
