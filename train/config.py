@@ -146,6 +146,9 @@ class RunSection(_Section):
     seed: int = 0
     deterministic: bool = False
     log_every: int = 10
+    collapse_warn: float = (
+        0.5  # warn when the embedding's effective rank falls below this x its best
+    )
     ckpt_every: int = 500
     keep_ckpts: int = 3
     max_nonfinite_skips: int = 5  # abort after this many non-finite steps in a row

@@ -56,7 +56,7 @@ from . import dist
 from .checkpoint import TrainState, find_latest, load_checkpoint, save_checkpoint
 from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
 from .losses import ContrastiveInputs, ContrastiveLoss, LossTerms, ProjectionHeads
-from .metrics import FlopCounter, MetricsWriter, count_tokens, peak_flops
+from .metrics import CollapseMonitor, FlopCounter, MetricsWriter, count_tokens, peak_flops
 from .teacher import EMATeacher
 
 log = logging.getLogger("rsfm_train")
@@ -174,6 +174,7 @@ class Projected:
     valid: torch.Tensor  # (B, h, w)
     modal: dict[str, torch.Tensor]  # name -> (B, Dh, h, w)
     modal_valid: dict[str, torch.Tensor]  # name -> (B, h, w)
+    embedding: torch.Tensor | None = None  # (B, D, h, w) the encoder's dense output, detached
 
 
 class PretrainModule(nn.Module):
@@ -202,6 +203,7 @@ class PretrainModule(nn.Module):
             valid=out.valid,
             modal={n: f.float() for n, f in modal.items()},
             modal_valid=dict(out.modality_valid) if with_modal else {},
+            embedding=out.dense.detach(),
         )
 
 
@@ -363,6 +365,8 @@ class Trainer:
         self.loss_fn.to(self.device).train()
         self.flops = FlopCounter(encoder)
         self.peak = peak_flops(self.device, cfg.deepspeed.bf16)
+        self.collapse = CollapseMonitor(cfg.run.collapse_warn)
+        self._collapse_rec: dict[str, float] = {}
         self.state = TrainState()
         self._bad = torch.zeros((), device=self.device)
         self._hooks = [p.register_hook(self._grad_hook) for p in self.engine.module.parameters()]
@@ -382,7 +386,7 @@ class Trainer:
         # NaN and inf survive a sum, which reads g once (no bool tensor of g's size)
         self._bad.add_((~torch.isfinite(g.sum())).to(self._bad.dtype))
 
-    def _micro_step(self, pair: Any) -> tuple[LossTerms, int, float]:
+    def _micro_step(self, pair: Any, monitor: bool = False) -> tuple[LossTerms, int, float]:
         pair = pair.to(self.device)
         view1 = pair.view1
         if self.engine.zero_optimization_stage() == 3:
@@ -390,6 +394,10 @@ class Trainer:
         s = self.engine(view1, with_modal=True)
         t = self.teacher(pair.view2, with_modal=False)
         inputs = contrastive_inputs(s, t, pair, self.cfg.data.modalities)
+        if monitor and self.rank == 0:  # collapse indicators, on logging steps only
+            self._collapse_rec = self.collapse.record(
+                self.state.step + 1, s.embedding, t.embedding, s.dense, s.valid, t.valid
+            )
         if self.fault_hook is not None:
             inputs = self.fault_hook(self.state.step, inputs)
         terms = self.loss_fn(inputs)
@@ -421,8 +429,11 @@ class Trainer:
         # kept on the device so that the step synchronises with the host once
         vec = torch.zeros(5 + 2 * k, dtype=torch.float64, device=self.device)
         lr, grad_norm = float(self.engine.get_lr()[0]), None
+        log_every = max(1, self.cfg.run.log_every)
+        monitor = (self.state.step + 1) % log_every == 0 or self.state.step == 0
+        self._collapse_rec = {}
         for i, pair in enumerate(pairs):
-            terms, tokens, flops = self._micro_step(pair)
+            terms, tokens, flops = self._micro_step(pair, monitor and i == 0)
             vec[1:4] += torch.tensor([pair.batch_size, tokens, flops], dtype=torch.float64).to(vec)
             vec[4] += terms.total.detach().double()
             for j, name in enumerate(LOSS_TERMS):
@@ -483,7 +494,7 @@ class Trainer:
             if vec[5 + k + j] > 0:  # the term ran (the same decision on every rank)
                 rec[f"loss_{name}"] = float(vec[5 + j] / vec[5 + k + j])
         rec.update(lr=lr, grad_norm=grad_norm, skipped=float(skip), samples=samples,
-                   tokens=tokens, model_flops=flops)  # fmt: skip
+                   tokens=tokens, model_flops=flops, **self._collapse_rec)  # fmt: skip
         st.step += 1
         st.samples += int(samples)
         st.tokens += int(tokens)
