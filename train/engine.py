@@ -61,7 +61,7 @@ from .teacher import EMATeacher
 
 log = logging.getLogger("rsfm_train")
 
-LOSS_TERMS = ("pixel", "object", "image", "cross_modal")
+LOSS_TERMS = ("pixel", "object", "image", "cross_modal", "variance")
 
 
 class NonFiniteError(RuntimeError):
@@ -174,7 +174,7 @@ class Projected:
     valid: torch.Tensor  # (B, h, w)
     modal: dict[str, torch.Tensor]  # name -> (B, Dh, h, w)
     modal_valid: dict[str, torch.Tensor]  # name -> (B, h, w)
-    embedding: torch.Tensor | None = None  # (B, D, h, w) the encoder's dense output, detached
+    embedding: torch.Tensor | None = None  # (B, D, h, w) the encoder's dense output (pre-head)
 
 
 class PretrainModule(nn.Module):
@@ -203,7 +203,7 @@ class PretrainModule(nn.Module):
             valid=out.valid,
             modal={n: f.float() for n, f in modal.items()},
             modal_valid=dict(out.modality_valid) if with_modal else {},
-            embedding=out.dense.detach(),
+            embedding=out.dense.float(),
         )
 
 
@@ -306,6 +306,8 @@ def contrastive_inputs(
         modal_features=s.modal,
         modal_valid=s.modal_valid,
         modalities=list(modalities),
+        student_embedding=s.embedding,
+        student_valid=s.valid,
     )
 
 

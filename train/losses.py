@@ -14,6 +14,11 @@ view 1 and the EMA teacher on view 2, then calls :class:`ContrastiveLoss` with a
 - cross-modal: the student's pre-fusion features of two modalities at the same location;
   negatives are the other locations. Skipped (flagged) with fewer than two modalities or no
   shared valid location anywhere in the global batch.
+- variance (off by default): VICReg's variance and covariance terms (Bardes et al. 2022)
+  on the student's *embedding* (the encoder's dense output, before the heads, over this
+  rank's valid tokens): a hinge pushing every dimension's std up to ``variance_target``
+  plus the squared off-diagonal covariances. It counters dimensional collapse of what
+  users embed with, which the InfoNCE terms (acting after the heads) do not see.
 
 Decisions:
 - Every loss L2-normalises its inputs (idempotent for head outputs); ``info_nce`` itself
@@ -300,6 +305,29 @@ def cross_modal_loss(
     return CrossModalResult(torch.stack(losses).mean(), False, n_pairs)
 
 
+# ------------------------------------------------------------------- variance/covariance
+
+
+def variance_covariance(
+    x: torch.Tensor, valid: torch.Tensor, target: float = 1.0, cov_weight: float = 0.04
+) -> torch.Tensor:
+    """VICReg's variance hinge + ``cov_weight`` x covariance penalty of the valid rows of
+    ``x`` (B, D, h, w) (``valid (B, h, w)``), computed in float32 without a host sync:
+    invalid rows get weight 0 in the moments; fewer than two valid rows give 0."""
+    d = x.shape[1]
+    rows = x.permute(0, 2, 3, 1).reshape(-1, d).float()  # (B*h*w, D)
+    w = valid.reshape(-1).to(rows.dtype)  # (B*h*w,)
+    n = w.sum()
+    mean = (rows * w[:, None]).sum(0) / n.clamp_min(1.0)
+    c = (rows - mean) * w[:, None]  # centred, 0 on invalid rows
+    cov = c.T @ c / (n - 1.0).clamp_min(1.0)  # (D, D)
+    std = torch.sqrt(torch.diagonal(cov) + 1e-4)
+    var_term = F.relu(target - std).mean()
+    off = cov - torch.diag(torch.diagonal(cov))
+    cov_term = off.pow(2).sum() / d
+    return (var_term + cov_weight * cov_term) * (n > 1).to(rows.dtype)
+
+
 # ---------------------------------------------------------------------- heads and total
 
 
@@ -345,6 +373,8 @@ class ContrastiveInputs:
     modal_features: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, D, h, w)
     modal_valid: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, h, w)
     modalities: Sequence[str] | None = None  # every modality name in the run (config)
+    student_embedding: torch.Tensor | None = None  # (B, D, h, w) encoder output, pre-head
+    student_valid: torch.Tensor | None = None  # (B, h, w)
 
 
 @dataclass
@@ -356,11 +386,12 @@ class LossTerms:
     object: torch.Tensor | None = None
     image: torch.Tensor | None = None
     cross_modal: torch.Tensor | None = None
+    variance: torch.Tensor | None = None
     skipped: tuple[str, ...] = ()  # enabled terms that had nothing to contrast this step
 
     def log_dict(self) -> dict[str, float]:
         out = {"loss": float(self.total.detach())}
-        for name in ("pixel", "object", "image", "cross_modal"):
+        for name in ("pixel", "object", "image", "cross_modal", "variance"):
             v = getattr(self, name)
             if v is not None:
                 out[f"loss_{name}"] = float(v)
@@ -399,6 +430,11 @@ class ContrastiveLoss(nn.Module):
                 skipped.append("cross_modal")
             else:
                 terms["cross_modal"] = cm.loss
+        if c.variance:
+            terms["variance"] = variance_covariance(
+                _need(x, "student_embedding"), _need(x, "student_valid"), c.variance_target,
+                c.covariance_weight,
+            )  # fmt: skip
         return self._combine(terms, skipped, x)
 
     def _object_term(self, x: ContrastiveInputs) -> torch.Tensor:
@@ -418,6 +454,7 @@ class ContrastiveLoss(nn.Module):
         weights = {
             "pixel": self.cfg.pixel_weight, "object": self.cfg.object_weight,
             "image": self.cfg.image_weight, "cross_modal": self.cfg.cross_modal_weight,
+            "variance": self.cfg.variance_weight,
         }  # fmt: skip
         parts = [weights[k] * v for k, v in terms.items()]
         if parts:

