@@ -97,6 +97,8 @@ class DataSection(_Section):
     synthetic_samples: int = 256  # scenes per epoch of the synthetic source
     min_overlap: float = 0.25  # least fraction of a view's tokens that both views cover
     rotate_flip: bool = True  # random flips and 90-degree rotations, per view
+    band_keep: float = 1.0  # < 1: each view keeps a random subset of optical bands (>= this share)
+    gain_jitter: float = 0.0  # std of a random per-band gain of optical views (calibration)
     shuffle_shards: int = 2  # shards whose samples are shuffled together (the shuffle buffer)
     max_corrupt: int = 10  # corrupt samples skipped per (rank, worker) stream before aborting
     synthetic_size: int | None = None  # synthetic scene side in pixels (None: 2 x crop_size)

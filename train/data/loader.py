@@ -481,6 +481,8 @@ def _view_spec(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]]) -> View
         modality_dropout=cfg.data.modality_dropout,
         min_overlap=cfg.data.min_overlap,
         rotate_flip=cfg.data.rotate_flip,
+        band_keep=cfg.data.band_keep,
+        gain_jitter=cfg.data.gain_jitter,
     )
 
 
