@@ -288,3 +288,31 @@ def test_all_five_real_tasks_on_rsfm_tiny(real_data):
             "raw bands",
             "random init (rsfm_tiny, seed 0)",
         }
+
+
+def test_dev_protocols_never_touch_the_test_parts(real_data):
+    """--dev selects on training/validation data only: what it scores is disjoint from
+    every final test part."""
+    from rsfm_train.evalreal.tasks import TASKS
+
+    root = real_data("eurosat_ms").parent
+    for name in ("eurosat", "reben", "sen1floods11", "presto_algae"):
+        real_data(TASKS[name].folder)
+        task = TASKS[name]()
+        task.load(root)
+        final = {p: task.split(p, 0) for p in task.protocols}
+        task.use_dev()
+        (dev,) = task.protocols
+        for seed in range(3):
+            tr, te = task.split(dev, seed)
+            assert len(tr) and len(te) and not set(tr) & set(te)
+            if name == "eurosat":  # file ids 1-5 only; ids 6-10 are scored on their own
+                ids = np.arange(len(task.y)) % 10 + 1
+                assert ids[tr].max() <= 5 and ids[te].max() <= 5
+                assert ids[final["5-fold CV, ids 6-10"][1]].min() > 5
+            elif name == "reben":  # the validation split, as the issue allows; never test
+                assert task.train_mask[tr].all() and task.val_mask[te].all()
+            else:
+                (final_test,) = [te_ for _, te_ in final.values()]
+                assert not set(tr) & set(final_test) and not set(te) & set(final_test)
+    assert TASKS["salinas_a"]().missing(root, dev=True) is not None  # no split: skipped

@@ -52,6 +52,12 @@ def add_real_arguments(p) -> None:
         "--quick", action="store_true",
         help="smoke run: 5 EuroSAT chips per class, top half of Sen1Floods11, 2 seeds",
     )  # fmt: skip
+    g.add_argument(
+        "--dev", action="store_true",
+        help="score the dev protocols only (training/validation data: EuroSAT ids 1-5, reBEN "
+        "train -> validation, Sen1Floods11 inside the left half, Presto inside its 70 %% "
+        "part; Salinas-A skipped): for choosing a recipe without touching the test parts",
+    )  # fmt: skip
     g.add_argument("--batch", type=int, default=16, help="chips per forward pass (16)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto)")
 
@@ -76,6 +82,7 @@ def run_real(args) -> int:
         return 2
     settings = EvalSettings(
         data=str(args.data or default_data_root()), tasks=tasks, seeds=seeds, quick=args.quick,
+        dev=args.dev,
         batch=args.batch, command=shlex.join(sys.argv),
     )  # fmt: skip
     kinds = build_kinds(

@@ -39,6 +39,7 @@ class EvalSettings:
     tasks: tuple[str, ...] = tuple(TASKS)
     seeds: int = 5
     quick: bool = False
+    dev: bool = False  # score the dev protocols (selection on training/validation data)
     batch: int = 16
     l2_grid: tuple[float, ...] = L2_GRID
     k_grid: tuple[int, ...] = K_GRID
@@ -155,6 +156,8 @@ def run_task(
     """Load ``task``, extract every input's features with every kind, probe every seed."""
     t0 = time.perf_counter()
     task.load(Path(settings.data), settings.quick)
+    if settings.dev:
+        task.use_dev()
     say(f"[{task.name}] loaded in {time.perf_counter() - t0:.1f} s: {task.notes}")
     rows = []
     for inp in task.inputs:
@@ -209,7 +212,7 @@ def run(
     }
     for name in settings.tasks:
         task = TASKS[name]()
-        reason = task.missing(Path(settings.data))
+        reason = task.missing(Path(settings.data), settings.dev)
         if reason:
             say(f"[{name}] SKIPPED: {reason}")
             report["tasks"][name] = {"title": task.title, "skipped": reason}

@@ -41,14 +41,19 @@ class Task:
     protocols: tuple[str, ...] = ()
     metric_names: tuple[str, ...] = ()
     multilabel: bool = False
+    # --dev: the protocol scored for model selection on training/validation data only
+    # (docs/evaluation.md "Selecting on dev"); None: the task has no such split
+    dev_protocol: str | None = None
 
     def __init__(self) -> None:
         self.y: np.ndarray | None = None  # (N,) class ids or (N, L) 0/1
         self.num_outputs = 0
         self.notes: dict = {}
 
-    def missing(self, root: Path) -> str | None:
+    def missing(self, root: Path, dev: bool = False) -> str | None:
         """Why the task cannot run from ``root`` (None: it can)."""
+        if dev and self.dev_protocol is None:
+            return "no training/validation split to select on (--dev)"
         d = Path(root) / self.folder
         if not d.is_dir():
             return f"{d} not found (give --data or set RSFM_REAL_DATA to the data root)"
@@ -57,6 +62,10 @@ class Task:
 
     def load(self, root: Path, quick: bool = False) -> None:
         raise NotImplementedError
+
+    def use_dev(self) -> None:
+        """Switch to the dev protocol (call after :meth:`load`)."""
+        self.protocols = (self.dev_protocol,)
 
     def features(self, inp: str, kind, batch: int = 16) -> np.ndarray:
         """``(N, D)`` float32 features of every item for input ``inp``."""
@@ -102,11 +111,14 @@ class EuroSAT(Task):
     DATE = "2017-06-15"
     files = CLASSES
     inputs = ("13 bands", "RGBN")
-    protocols = ("5-fold CV",)
+    protocols = ("5-fold CV", "5-fold CV, ids 6-10")
+    dev_protocol = "5-fold CV, ids 1-5"
     metric_names = ("accuracy", "macro_f1")
 
     def load(self, root: Path, quick: bool = False) -> None:
         per_class = 5 if quick else 10
+        if quick:
+            self.protocols = ("5-fold CV",)
         chips, y = [], []
         for k, c in enumerate(self.CLASSES):
             for i in range(1, per_class + 1):
@@ -136,7 +148,14 @@ class EuroSAT(Task):
         return embed(kind, {"s2": d}, batch).pooled.numpy()
 
     def split(self, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        return inner_folds(self.y, 5, seed // 5, multilabel=False)[seed % 5]
+        """5-fold CV over all chips, or over the chips of file ids 1-5 (dev: what recipes
+        were selected on) or 6-10 (never used for selection)."""
+        per_class = len(self.y) // len(self.CLASSES)
+        ids = np.arange(len(self.y)) % per_class + 1  # file id of each chip
+        keep = {"5-fold CV": ids > 0, "5-fold CV, ids 1-5": ids <= 5}.get(protocol, ids > 5)
+        sub = np.flatnonzero(keep)
+        train, test = inner_folds(self.y[sub], 5, seed // 5, multilabel=False)[seed % 5]
+        return sub[train], sub[test]
 
 
 # ---------------------------------------------------------------------------- reBEN
@@ -158,6 +177,7 @@ class ReBEN(Task):
     files = ("reben_s1s2.npz",)
     inputs = ("S2", "S1", "S1+S2")
     protocols = ("train -> val+test",)
+    dev_protocol = "train -> val"
     metric_names = ("mAP",)
     multilabel = True
 
@@ -189,6 +209,7 @@ class ReBEN(Task):
         self.y = z["labels"].astype(np.int64)
         self.num_outputs = self.y.shape[1]
         self.train_mask = z["split"] == "train"
+        self.val_mask = z["split"] == "validation"
         test = ~self.train_mask
         self.notes = {
             "patches": n, "train": int(self.train_mask.sum()), "test": int(test.sum()),
@@ -212,7 +233,8 @@ class ReBEN(Task):
         return embed(kind, roles, batch).pooled.numpy()
 
     def split(self, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.flatnonzero(self.train_mask), np.flatnonzero(~self.train_mask)
+        test = self.val_mask if protocol == self.dev_protocol else ~self.train_mask
+        return np.flatnonzero(self.train_mask), np.flatnonzero(test)
 
     def score(self, y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return {"mAP": metrics.mean_average_precision(y_true, scores)[0]}
@@ -321,6 +343,7 @@ class Sen1Floods11(Task):
     files = (f"{STEM}S1Hand.tif", f"{STEM}S2Hand.tif", f"{STEM}LabelHand.tif")
     inputs = ("S1", "S2", "S1+S2")
     protocols = ("left -> right half",)
+    dev_protocol = "left half: top -> bottom"
     metric_names = ("IoU_water", "accuracy")
     DATE = "2019-09-18"
     TILE = 128
@@ -379,15 +402,22 @@ class Sen1Floods11(Task):
         return _pixels_of(maps, self.rows, self.cols)
 
     def split(self, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train pixels from the left half, test on the right half; dev: both inside the
+        left half (train from its top, test on its bottom), the right half unseen."""
         left = self.cols < self.size[1] // 2
+        if protocol == self.dev_protocol:
+            top = self.rows < self.size[0] // 2
+            pool, test = left & top, left & ~top
+        else:
+            pool, test = left, ~left
         rng = np.random.default_rng(seed)
         train = []
         for k in range(self.num_outputs):
-            members = np.flatnonzero(left & (self.y == k))
+            members = np.flatnonzero(pool & (self.y == k))
             train.append(
                 rng.choice(members, min(self.TRAIN_PER_CLASS, len(members)), replace=False)
             )
-        return np.sort(np.concatenate(train)), np.flatnonzero(~left)
+        return np.sort(np.concatenate(train)), np.flatnonzero(test)
 
     def score(self, y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         pred = scores.argmax(1)
@@ -419,18 +449,23 @@ class PrestoAlgae(Task):
     files = ("s1_s2_era5_srtm.npy", "month.npy", "target.npy", "latlon.npy", "uid.npy")
     inputs = ("S1+S2",)
     protocols = ("fixed 70/30 split",)
+    dev_protocol = "70/30 split of the 70 % part"
     metric_names = ("accuracy", "macro_f1")
     S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
     START_YEAR = 2020
 
     def load(self, root: Path, quick: bool = False) -> None:
-        from .presto_split import split_from_uids
+        from .presto_split import make_split, split_from_uids
 
         d = Path(root) / self.folder
         x = np.load(d / self.files[0])  # (N, 12, 18) float64
         months = np.load(d / self.files[1]).astype(np.int64)  # (N, 12), 0 = January
         self.y = np.load(d / self.files[2]).astype(np.int64) - 1  # 1..5 -> 0..4
         self.test_mask = split_from_uids(np.load(d / self.files[4]))
+        latlon = np.load(d / self.files[3])
+        train = np.flatnonzero(~self.test_mask)  # dev: the same by-location split, inside it
+        self.dev_test = np.zeros_like(self.test_mask)
+        self.dev_test[train[make_split(latlon[train], seed=1)]] = True
         N, T = months.shape
         dates = np.array([self._dates(m) for m in months])  # (N, T)
         s1 = x[:, :, 0:2].astype(np.float32)  # (N, T, 2) dB
@@ -464,6 +499,8 @@ class PrestoAlgae(Task):
         return embed(kind, {"s2": self.s2, "s1": self.s1}, batch * 16).pooled.numpy()
 
     def split(self, protocol: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if protocol == self.dev_protocol:
+            return np.flatnonzero(~self.test_mask & ~self.dev_test), np.flatnonzero(self.dev_test)
         return np.flatnonzero(~self.test_mask), np.flatnonzero(self.test_mask)
 
 
