@@ -24,7 +24,11 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=ROOTS,
-    package_data={"rsfm_train": ["configs/*.yaml"]},
+    package_data={
+        "rsfm_train": ["configs/*.yaml"],
+        # shipped checkpoints (config.json + float16 model.safetensors; docs/models.md)
+        "rsfm_core": ["model/weights/*/config.json", "model/weights/*/model.safetensors"],
+    },
     install_requires=[
         # Any torch >= 2.4 works; the README's scripts pin the CPU build 2.13.0, GPU users
         # install their own CUDA build first (see README).

@@ -34,6 +34,7 @@ import torch
 from .. import sensors
 from ..sample import Grid, ModalityData
 from ..sensors import Sensor, SensorError
+from .qa import decoder as qa_decoder
 from .raster import (
     FileMeta,
     RasterError,
@@ -48,7 +49,6 @@ from .raster import (
     open_info,
     read_onto,
 )
-from .qa import decoder as qa_decoder
 from .tiling import Window, block_aligned_windows, same_crs
 
 log = logging.getLogger(__name__)
