@@ -120,6 +120,10 @@ class LossSection(_Section):
     variance_weight: float = 1.0
     variance_target: float = 1.0  # std each dimension is pushed up to (hinge)
     covariance_weight: float = 0.04  # relative to variance_weight (VICReg: 25 : 1)
+    # Spectral reconstruction: every token of the student's embedding predicts each input
+    # band's normalised patch mean and std (any band set, through the band descriptors).
+    reconstruction: bool = False
+    reconstruction_weight: float = 1.0
     temperature: float = 0.1
     image_symmetric: bool = True
     n_prototypes: int = 16
@@ -346,8 +350,16 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.loss.n_prototypes >= 2, "loss.n_prototypes must be >= 2"),
         (cfg.loss.sinkhorn_iters >= 1, "loss.sinkhorn_iters must be >= 1"),
         (
-            any((cfg.loss.pixel, cfg.loss.object, cfg.loss.image, cfg.loss.cross_modal)),
-            "at least one of loss.pixel/object/image/cross_modal must be true",
+            any(
+                (
+                    cfg.loss.pixel,
+                    cfg.loss.object,
+                    cfg.loss.image,
+                    cfg.loss.cross_modal,
+                    cfg.loss.reconstruction,
+                )
+            ),
+            "at least one of loss.pixel/object/image/cross_modal/reconstruction must be true",
         ),
         (
             0 <= cfg.optim.warmup_steps < cfg.optim.total_steps,

@@ -42,7 +42,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,24 @@ import torch
 import torch.nn as nn
 
 from rsfm_core.files import atomic_write_text
+from rsfm_core.model.patch_embed import DESCRIPTOR_DIM
 
 from . import dist
 from .checkpoint import TrainState, find_latest, load_checkpoint, save_checkpoint
 from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
-from .losses import ContrastiveInputs, ContrastiveLoss, LossTerms, ProjectionHeads
+from .losses import (
+    ContrastiveInputs,
+    ContrastiveLoss,
+    LossTerms,
+    ProjectionHeads,
+    patch_statistics,
+)
 from .metrics import CollapseMonitor, FlopCounter, MetricsWriter, count_tokens, peak_flops
 from .teacher import EMATeacher
 
 log = logging.getLogger("rsfm_train")
 
-LOSS_TERMS = ("pixel", "object", "image", "cross_modal", "variance")
+LOSS_TERMS = ("pixel", "object", "image", "cross_modal", "variance", "reconstruction")
 
 
 class NonFiniteError(RuntimeError):
@@ -175,6 +182,8 @@ class Projected:
     modal: dict[str, torch.Tensor]  # name -> (B, Dh, h, w)
     modal_valid: dict[str, torch.Tensor]  # name -> (B, h, w)
     embedding: torch.Tensor | None = None  # (B, D, h, w) the encoder's dense output (pre-head)
+    # modality -> (prediction, target, valid) of the spectral reconstruction (student only)
+    reconstruction: dict[str, tuple] = field(default_factory=dict)
 
 
 class PretrainModule(nn.Module):
@@ -197,6 +206,14 @@ class PretrainModule(nn.Module):
                 if with_modal
                 else {}
             )
+            recon = {}
+            if with_modal and hasattr(self.heads, "spectral"):
+                for n, d in view.items():
+                    bands = self.encoder.band_set(n, d)
+                    p = self.encoder.config.modalities[n].patch
+                    target, ok = patch_statistics(d.pixels, d.valid, bands.mean, bands.std, p)
+                    pred = self.heads.spectral(out.dense, bands.descriptors)
+                    recon[n] = (pred.float(), target, ok & out.valid)
         return Projected(
             dense=dense.float(),
             pooled=pooled.float(),
@@ -204,6 +221,7 @@ class PretrainModule(nn.Module):
             modal={n: f.float() for n, f in modal.items()},
             modal_valid=dict(out.modality_valid) if with_modal else {},
             embedding=out.dense.float(),
+            reconstruction=recon,
         )
 
 
@@ -308,6 +326,7 @@ def contrastive_inputs(
         modalities=list(modalities),
         student_embedding=s.embedding,
         student_valid=s.valid,
+        reconstruction=s.reconstruction,
     )
 
 
@@ -342,7 +361,9 @@ class Trainer:
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
         encoder = build_model(cfg.model.name, **cfg.model.overrides)
         student = PretrainModule(
-            encoder, ProjectionHeads(encoder.embed_dim, cfg.loss), cfg.deepspeed.bf16
+            encoder,
+            ProjectionHeads(encoder.embed_dim, cfg.loss, DESCRIPTOR_DIM),
+            cfg.deepspeed.bf16,
         )
         self.teacher = EMATeacher(student)
         self.loss_fn = ContrastiveLoss(cfg.loss, dim=cfg.loss.head_dim)
