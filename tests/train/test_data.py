@@ -21,8 +21,8 @@ from rsfm_train.data.prepare import (
     add_prepare_parser,
     prepare_manifest,
     prepare_synthetic,
-    synthetic_scenes,
 )
+from rsfm_train.data.scenes import synthetic_scenes
 from rsfm_train.data.shards import decode_sample, read_shards, verify_shards
 
 N_SCENES, SIZE, CHIP = 4, 32, 16  # 4 scenes x 4 chips = 16 samples, 2 per shard

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rsfm_core.sample import Grid, ModalityData, from_days
 
-from .prepare import Scene, entry_scenes
+from .scenes import Scene, entry_scenes
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
             "B12")  # fmt: skip
