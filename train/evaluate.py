@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rsfm_train.evalreal.cli import EXAMPLE as REAL_EXAMPLE
+from rsfm_train.evalreal.cli import add_real_arguments
 
 log = logging.getLogger("rsfm_train")
 
@@ -240,6 +242,7 @@ _EXAMPLE = """example:
   rsfm eval exported/tiny --json runs/eval_tiny.json
 Prints the full and few-shot probe accuracy and S1 -> S2 retrieval top-1 of each model
 (and of a randomly initialised encoder of the first model's architecture)."""
+_EXAMPLE += "\n\n" + REAL_EXAMPLE  # rsfm eval --real
 
 _DESCRIPTION = (
     "Frozen-encoder linear probe (full and few-shot) and S1 -> S2 retrieval on labelled "
@@ -250,13 +253,14 @@ _DESCRIPTION = (
 
 def _add_arguments(p) -> None:
     p.add_argument(
-        "models", nargs="+", help="exported model folders (config.json + model.safetensors)"
+        "models", nargs="*", help="exported model folders (config.json + model.safetensors)"
     )
     p.add_argument("--random-baseline", action="store_true", help="also a random init (seed 0)")
     p.add_argument("--scenes", type=int, default=8, help="probe-train and test scenes each (8)")
     p.add_argument("--size", type=int, default=32, help="scene side in pixels (32)")
     p.add_argument("--shots", type=int, default=10, help="labels per class of the few-shot probe")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_real_arguments(p)  # --real and its flags: rsfm_train.evalreal
 
 
 def add_eval_parser(subparsers):
@@ -277,7 +281,16 @@ def add_eval_parser(subparsers):
 
 def run_eval(args) -> int:
     import json
+    import sys
     from pathlib import Path
+
+    if args.real:
+        from rsfm_train.evalreal.cli import run_real
+
+        return run_real(args)
+    if not args.models:
+        print("rsfm eval: give at least one exported model folder (or --real)", file=sys.stderr)
+        return 2
 
     from rsfm_core.model import RSFMEncoder, load_pretrained, read_config
 

@@ -68,10 +68,15 @@ def _student_state(ckpt: Path, zero_stage: int) -> dict[str, torch.Tensor]:
 
 
 def export(
-    run_dir: str | Path, out_dir: str | Path, tag: str | None = None, weights: str = "student"
+    run_dir: str | Path,
+    out_dir: str | Path,
+    tag: str | None = None,
+    weights: str = "student",
+    dtype: str = "float32",
 ) -> Path:
     """Write the encoder of ``run_dir``'s newest complete checkpoint (or ``tag``) to
-    ``out_dir`` as ``config.json`` + ``model.safetensors``; returns ``out_dir``."""
+    ``out_dir`` as ``config.json`` + ``model.safetensors`` (floating tensors stored as
+    ``dtype``: float32, float16 or bfloat16); returns ``out_dir``."""
     from safetensors.torch import load_file
 
     from rsfm_core.model import ModelConfig, RSFMEncoder
@@ -81,6 +86,8 @@ def export(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if weights not in ("student", "teacher"):
         raise ValueError(f"weights must be 'student' or 'teacher', got {weights!r}")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     cfg_file = run_dir / "encoder_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(
@@ -102,7 +109,7 @@ def export(
     config = ModelConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8"))["config"])
     model = RSFMEncoder(config)
     model.load_state_dict(enc, strict=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, getattr(torch, dtype))
     log.info("exported the %s encoder of %s (step %d) to %s", weights, ckpt, info["step"], out_dir)
     return out_dir
 
@@ -133,12 +140,16 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--weights", choices=("student", "teacher"), default="student",
         help="the trained student (default) or its EMA teacher",
     )  # fmt: skip
+    p.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+        help="storage type of the weights (float16 halves the file; default float32)",
+    )  # fmt: skip
     p.set_defaults(func=_run)
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = export(args.run_dir, args.out_dir, tag=args.tag, weights=args.weights)
+    out = export(args.run_dir, args.out_dir, tag=args.tag, weights=args.weights, dtype=args.dtype)
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
     return 0

@@ -14,6 +14,18 @@ view 1 and the EMA teacher on view 2, then calls :class:`ContrastiveLoss` with a
 - cross-modal: the student's pre-fusion features of two modalities at the same location;
   negatives are the other locations. Skipped (flagged) with fewer than two modalities or no
   shared valid location anywhere in the global batch.
+- variance (off by default): VICReg's variance and covariance terms (Bardes et al. 2022)
+  on the student's *embedding* (the encoder's dense output, before the heads, over this
+  rank's valid tokens): a hinge pushing every dimension's std up to ``variance_target``
+  plus the squared off-diagonal covariances. It counters dimensional collapse of what
+  users embed with, which the InfoNCE terms (acting after the heads) do not see.
+- reconstruction (off by default): every valid token of the student's embedding predicts,
+  for each band of its view, the band's normalised patch mean and standard deviation
+  (over the patch's pixels and the view's valid dates), through a bilinear map between
+  the token and the band's descriptor (:class:`SpectralDecoder`), so it works for any
+  band set. Mean squared error over valid (token, band) entries. It asks the embedding
+  to keep the input's spectrum and texture (CROMA and Clay pair a reconstruction term
+  with their contrastive ones; docs/training.md "Recipe").
 
 Decisions:
 - Every loss L2-normalises its inputs (idempotent for head outputs); ``info_nce`` itself
@@ -300,6 +312,86 @@ def cross_modal_loss(
     return CrossModalResult(torch.stack(losses).mean(), False, n_pairs)
 
 
+# ------------------------------------------------------------------- variance/covariance
+
+
+def variance_covariance(
+    x: torch.Tensor, valid: torch.Tensor, target: float = 1.0, cov_weight: float = 0.04
+) -> torch.Tensor:
+    """VICReg's variance hinge + ``cov_weight`` x covariance penalty of the valid rows of
+    ``x`` (B, D, h, w) (``valid (B, h, w)``), computed in float32 without a host sync:
+    invalid rows get weight 0 in the moments; fewer than two valid rows give 0."""
+    d = x.shape[1]
+    rows = x.permute(0, 2, 3, 1).reshape(-1, d).float()  # (B*h*w, D)
+    w = valid.reshape(-1).to(rows.dtype)  # (B*h*w,)
+    n = w.sum()
+    mean = (rows * w[:, None]).sum(0) / n.clamp_min(1.0)
+    c = (rows - mean) * w[:, None]  # centred, 0 on invalid rows
+    cov = c.T @ c / (n - 1.0).clamp_min(1.0)  # (D, D)
+    std = torch.sqrt(torch.diagonal(cov) + 1e-4)
+    var_term = F.relu(target - std).mean()
+    off = cov - torch.diag(torch.diagonal(cov))
+    cov_term = off.pow(2).sum() / d
+    return (var_term + cov_weight * cov_term) * (n > 1).to(rows.dtype)
+
+
+# ------------------------------------------------------------------- reconstruction
+
+
+class SpectralDecoder(nn.Module):
+    """Band statistics from tokens: ``(B, D, h, w)`` x band descriptors ``(C, E)`` ->
+    ``(B, 2, C, h, w)`` (normalised patch mean, patch std), a bilinear form so that any
+    band set is decoded."""
+
+    def __init__(self, dim: int, descriptor_dim: int, hidden: int = 64):
+        super().__init__()
+        self.hidden = hidden
+        self.token = nn.Linear(dim, 2 * hidden)
+        self.band = nn.Sequential(
+            nn.Linear(descriptor_dim, hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden)
+        )
+
+    def forward(self, tokens: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        B, _, h, w = tokens.shape
+        t = self.token(tokens.permute(0, 2, 3, 1)).view(B, h, w, 2, self.hidden)
+        b = self.band(descriptors.to(t.dtype)).view(-1, 2, self.hidden)  # (C, 2, H)
+        return torch.einsum("byxkd,ckd->bkcyx", t, b) / math.sqrt(self.hidden)
+
+
+@torch.no_grad()
+def patch_statistics(
+    pixels: torch.Tensor, valid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of :class:`SpectralDecoder` for one modality: ``pixels (B, T, C, H, W)``
+    normalised per band, then per token the mean and std over its ``p x p`` pixels and
+    valid dates: ``(B, 2, C, h, w)`` and validity ``(B, h, w)`` (a valid pixel exists)."""
+    B, T, C, H, W = pixels.shape
+    h, w = H // p, W // p
+    x = (pixels.float() - mean.view(1, 1, C, 1, 1)) / std.view(1, 1, C, 1, 1)
+    m = valid.float()[:, :, None].expand(B, T, C, H, W)  # (B, T, C, H, W)
+    x = torch.where(m > 0, x, torch.zeros((), device=x.device))
+    # (B, T, C, h, p, w, p) -> sums over dates and the patch's pixels
+    xs = x.reshape(B, T, C, h, p, w, p)
+    ms = m.reshape(B, T, C, h, p, w, p)
+    n = ms.sum((1, 4, 6))  # (B, C, h, w)
+    s1 = xs.sum((1, 4, 6))
+    s2 = xs.square().sum((1, 4, 6))
+    mu = s1 / n.clamp_min(1.0)
+    sd = (s2 / n.clamp_min(1.0) - mu.square()).clamp_min(0.0).sqrt()
+    return torch.stack([mu, sd], dim=1), n[:, 0] > 0  # (B, 2, C, h, w), (B, h, w)
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error of ``pred``/``target`` ``(B, 2, C, h, w)`` over valid tokens
+    ``(B, h, w)``; 0 (on the graph) without a valid token, no host sync."""
+    w = valid[:, None, None].to(pred.dtype)  # (B, 1, 1, h, w)
+    err = (pred.float() - target).square() * w
+    n = w.sum() * pred.shape[1] * pred.shape[2]
+    return err.sum() / n.clamp_min(1.0)
+
+
 # ---------------------------------------------------------------------- heads and total
 
 
@@ -320,14 +412,19 @@ class ProjectionHead(nn.Module):
 
 
 class ProjectionHeads(nn.Module):
-    """The student's (and, by EMA copy, the teacher's) heads: one per granularity."""
+    """The student's (and, by EMA copy, the teacher's) heads: one per granularity, and the
+    spectral decoder when the reconstruction term is on."""
 
-    def __init__(self, in_dim: int, cfg: LossSection):
+    def __init__(self, in_dim: int, cfg: LossSection, descriptor_dim: int | None = None):
         super().__init__()
         h, o = cfg.head_hidden_dim, cfg.head_dim
         self.dense = ProjectionHead(in_dim, h, o)  # pixel and object terms
         self.pooled = ProjectionHead(in_dim, h, o)  # image term
         self.modal = ProjectionHead(in_dim, h, o)  # cross-modal term, shared by modalities
+        if cfg.reconstruction:
+            if descriptor_dim is None:
+                raise ValueError("the reconstruction term needs the band descriptor size")
+            self.spectral = SpectralDecoder(in_dim, descriptor_dim)
 
 
 @dataclass
@@ -345,6 +442,10 @@ class ContrastiveInputs:
     modal_features: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, D, h, w)
     modal_valid: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, h, w)
     modalities: Sequence[str] | None = None  # every modality name in the run (config)
+    student_embedding: torch.Tensor | None = None  # (B, D, h, w) encoder output, pre-head
+    student_valid: torch.Tensor | None = None  # (B, h, w)
+    # reconstruction: modality -> (prediction, target (B, 2, C, h, w), valid (B, h, w))
+    reconstruction: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass
@@ -356,11 +457,13 @@ class LossTerms:
     object: torch.Tensor | None = None
     image: torch.Tensor | None = None
     cross_modal: torch.Tensor | None = None
+    variance: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
     skipped: tuple[str, ...] = ()  # enabled terms that had nothing to contrast this step
 
     def log_dict(self) -> dict[str, float]:
         out = {"loss": float(self.total.detach())}
-        for name in ("pixel", "object", "image", "cross_modal"):
+        for name in ("pixel", "object", "image", "cross_modal", "variance", "reconstruction"):
             v = getattr(self, name)
             if v is not None:
                 out[f"loss_{name}"] = float(v)
@@ -399,6 +502,18 @@ class ContrastiveLoss(nn.Module):
                 skipped.append("cross_modal")
             else:
                 terms["cross_modal"] = cm.loss
+        if c.reconstruction:
+            if not x.reconstruction:
+                raise ValueError(
+                    "ContrastiveInputs.reconstruction is required by loss.reconstruction"
+                )
+            parts = [reconstruction_loss(*v) for v in x.reconstruction.values()]
+            terms["reconstruction"] = torch.stack(parts).mean()
+        if c.variance:
+            terms["variance"] = variance_covariance(
+                _need(x, "student_embedding"), _need(x, "student_valid"), c.variance_target,
+                c.covariance_weight,
+            )  # fmt: skip
         return self._combine(terms, skipped, x)
 
     def _object_term(self, x: ContrastiveInputs) -> torch.Tensor:
@@ -418,6 +533,8 @@ class ContrastiveLoss(nn.Module):
         weights = {
             "pixel": self.cfg.pixel_weight, "object": self.cfg.object_weight,
             "image": self.cfg.image_weight, "cross_modal": self.cfg.cross_modal_weight,
+            "variance": self.cfg.variance_weight,
+            "reconstruction": self.cfg.reconstruction_weight,
         }  # fmt: skip
         parts = [weights[k] * v for k, v in terms.items()]
         if parts:

@@ -21,6 +21,16 @@ CPU) MFU is omitted rather than guessed.
 
 Tokens are the spatial encoder's patch tokens of view 1 (``T * G * h * w`` summed over
 the modalities present), i.e. what the student's ViT processes.
+
+Collapse indicators (:class:`CollapseMonitor`, every ``log_every`` steps, on the first
+micro-batch of the step, rank 0's tokens): the effective rank and the mean per-dimension
+std of the encoder's dense output (the embedding users get, before the projection heads)
+for the student (view 1) and the EMA teacher (view 2), and the effective rank of the
+student's projected tokens (what the losses see). Effective rank is
+:func:`rsfm_train.evalreal.metrics.effective_rank` (exp of the entropy of the normalised
+singular values of the centred rows), the number ``rsfm eval --real`` reports for the
+same embeddings. When the student's falls below ``run.collapse_warn`` times the highest
+value seen so far, a warning says so (again at each further halving).
 """
 
 from __future__ import annotations
@@ -189,7 +199,8 @@ def drop_records_after(path: Path, step: int) -> int:
 
 def format_record(rec: Mapping[str, Any]) -> str:
     keys = ("loss", "loss_pixel", "loss_object", "loss_image", "loss_cross_modal", "lr",
-            "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "data_wait_frac")  # fmt: skip
+            "grad_norm", "erank_student", "erank_teacher", "samples_per_s", "tokens_per_s",
+            "mfu", "data_wait_frac")  # fmt: skip
     parts = []
     for k in keys:
         v = rec.get(k)
@@ -218,3 +229,47 @@ def _tensorboard(log_dir: Path):
             _TB_MISSING_LOGGED = True
         return None
     return SummaryWriter(str(log_dir))
+
+
+# ---------------------------------------------------------------------------- collapse
+
+
+class CollapseMonitor:
+    """Effective rank and per-dimension std of token embeddings, with an early warning."""
+
+    def __init__(self, warn_ratio: float = 0.5):
+        self.warn_ratio = warn_ratio
+        self.best = 0.0
+        self.warned_at: float | None = None
+
+    @staticmethod
+    def stats(tokens: torch.Tensor, valid: torch.Tensor) -> tuple[float, float]:
+        """(effective rank, mean per-dimension std) of the valid tokens of ``tokens``
+        ``(B, D, h, w)`` (``valid (B, h, w)``); NaN with fewer than two valid tokens."""
+        from .evalreal.metrics import effective_rank, mean_dim_std
+
+        x = tokens.detach().float().permute(0, 2, 3, 1)[valid.bool()]  # (n, D)
+        if x.shape[0] < 2:
+            return math.nan, math.nan
+        x = x.cpu().numpy()
+        return effective_rank(x), mean_dim_std(x)
+
+    def record(self, step: int, student, teacher, student_proj, valid_s, valid_t) -> dict:
+        """The indicators of one step (dense maps ``(B, D, h, w)``); warns on a fall."""
+        er_s, std_s = self.stats(student, valid_s)
+        er_t, std_t = self.stats(teacher, valid_t)
+        er_p, _ = self.stats(student_proj, valid_s)
+        rec = {"erank_student": er_s, "dimstd_student": std_s, "erank_teacher": er_t,
+               "dimstd_teacher": std_t, "erank_student_proj": er_p}  # fmt: skip
+        if math.isfinite(er_s):
+            self.best = max(self.best, er_s)
+            limit = self.warn_ratio * (self.warned_at or self.best)
+            if er_s < limit:
+                log.warning(
+                    "possible representation collapse at step %d: the student's embedding "
+                    "uses %.1f effective dimensions, down from %.1f (teacher %.1f); check "
+                    "the loss terms, the learning rate and the data (docs/training.md)",
+                    step, er_s, self.best, er_t,
+                )  # fmt: skip
+                self.warned_at = er_s
+        return rec

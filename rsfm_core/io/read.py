@@ -34,6 +34,7 @@ import torch
 from .. import sensors
 from ..sample import Grid, ModalityData
 from ..sensors import Sensor, SensorError
+from .qa import decoder as qa_decoder
 from .raster import (
     FileMeta,
     RasterError,
@@ -159,7 +160,7 @@ def _make_spec(paths, sensor, dates, bands, cloud_masks, opts: _Opts) -> _Spec:
     T = len(files)
     if cloud_masks is None or callable(cloud_masks):
         clouds = [cloud_masks] * T
-    elif isinstance(cloud_masks, (str, os.PathLike, tuple)) and T == 1:
+    elif isinstance(cloud_masks, (str, os.PathLike, tuple, Mapping)) and T == 1:
         clouds = [cloud_masks]
     else:
         clouds = list(cloud_masks)
@@ -173,12 +174,21 @@ def _make_spec(paths, sensor, dates, bands, cloud_masks, opts: _Opts) -> _Spec:
 def _cloudy(entry, phys: np.ndarray, dst: Grid, ref: Grid, ref_name: str, opts: _Opts):
     """Cloud mask of one date on ``dst``: a callable on the physical pixels ``[C, H, W]``
     (NaN where invalid), a raster path (nonzero = cloudy; band 1), or ``(path, fn)`` with
-    ``fn(qa [H, W] float32) -> bool`` for QA codes. Pixels outside the raster are cloudy."""
+    ``fn(qa [H, W] float32) -> bool`` for QA codes, or the name of a decoder of
+    :mod:`.qa` (also as ``{"path": ..., "qa": name}``). Pixels outside the raster are
+    cloudy."""
     if callable(entry):
         with np.errstate(invalid="ignore"):
             cloudy, where = np.asarray(entry(phys), dtype=bool), repr(entry)
     else:
-        path, fn = entry if isinstance(entry, tuple) else (entry, None)
+        if isinstance(entry, Mapping):  # {path, qa}: the YAML-friendly form
+            entry = (entry.get("path"), entry.get("qa"))
+        path, fn = entry if isinstance(entry, (tuple, list)) else (entry, None)
+        if isinstance(fn, str):
+            try:
+                fn = qa_decoder(fn)
+            except ValueError as e:
+                raise RasterError(f"{path}: {e}") from None
         meta = FileMeta.of(path)
         check_against(meta, ref, ref_name, allow_no_crs=opts.allow_no_crs, reproject=opts.reproject)
         qa, inside, _ = read_onto(meta, [1], dst, ReadHow("mask"))

@@ -85,9 +85,13 @@ class CheckpointInfo:
 # ---------------------------------------------------------------------------- saving
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None
+) -> Path:
     """Write ``model.safetensors``, then ``config.json`` with its SHA-256, into the folder
-    ``path`` (created). ``model`` needs ``state_dict()`` and ``config`` (a ModelConfig)."""
+    ``path`` (created). ``model`` needs ``state_dict()`` and ``config`` (a ModelConfig).
+    ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type (loading casts
+    them back to the model's); default: as they are."""
     from safetensors.torch import save_file
 
     from .. import __version__
@@ -95,6 +99,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), {"format": "pt"}))
     meta = {
         "format": FORMAT,
@@ -118,13 +124,31 @@ def write_checksum(folder: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------- loading
 
 
+# Checkpoints shipped inside the package (docs/models.md): <name>/config.json + weights.
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped() -> list[str]:
+    """Names of the checkpoints shipped with rsfm (``rs.load_pretrained(name)``)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / CONFIG_NAME).is_file())
+
+
 def resolve_folder(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from the folder, its ``config.json`` or its weights file."""
+    """A checkpoint folder from the folder, its ``config.json`` or its weights file, or
+    the name of a shipped checkpoint (:func:`shipped`; a local path of that name wins)."""
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):
         p = p.parent
+    if not p.exists() and str(path) in shipped():
+        p = SHIPPED_DIR / str(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint not found; pass the folder holding {CONFIG_NAME}")
+        names = ", ".join(shipped()) or "none"
+        raise CheckpointError(
+            f"{p}: checkpoint not found; pass the folder holding {CONFIG_NAME}, or the name of a "
+            f"shipped checkpoint ({names})"
+        )
     if not p.is_dir():
         raise CheckpointError(
             f"{p}: not a checkpoint folder; pass the folder holding {CONFIG_NAME} + {WEIGHTS_NAME}"
@@ -376,9 +400,10 @@ class PretrainedMixin:
     """``save_pretrained``/``from_pretrained`` for a module built from a ``ModelConfig``
     (``cls(config)``) that keeps it as ``self.config``."""
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` to the folder ``path``."""
-        return save_checkpoint(self, path)
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to the folder ``path`` (floating
+        tensors stored as ``dtype`` when given, e.g. ``torch.float16``)."""
+        return save_checkpoint(self, path, dtype)
 
     @classmethod
     def from_pretrained(

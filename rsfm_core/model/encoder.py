@@ -162,7 +162,8 @@ class RSFMEncoder(PretrainedMixin, nn.Module):
                 self._sensors[name] = _sensors.get(name)
         return self._sensors[name]
 
-    def _band_set(self, modality: str, d: ModalityData) -> BandSet:
+    def band_set(self, modality: str, d: ModalityData) -> BandSet:
+        """Descriptors, normalisation statistics and groups of ``d``'s bands (cached)."""
         key = (modality, d.sensor, d.bands, str(d.pixels.device))
         if key not in self._band_sets:
             m = self.config.modalities[modality]
@@ -219,7 +220,7 @@ class RSFMEncoder(PretrainedMixin, nn.Module):
         keep = tuple(intermediate_layers or ())
         tokens, tvalid, shapes = {}, {}, {}
         for name, d in data.items():
-            bands = self._band_set(name, d)
+            bands = self.band_set(name, d)
             valid = d.valid & torch.isfinite(d.pixels).all(dim=2)  # (B, T, H, W)
             tokens[name], tvalid[name] = self.patch_embed(d.pixels, valid, bands, name, pos_offset)
             B, T = d.pixels.shape[:2]

@@ -23,7 +23,7 @@ def _embed(model, name, d, pos_offset=None):
     p = model.config.modalities[name].patch
     h, w = d.shape_hw[0] // p, d.shape_hw[1] // p
     tokens, tv = model.patch_embed(
-        d.pixels, d.valid, model._band_set(name, d), name, pos_offset=pos_offset
+        d.pixels, d.valid, model.band_set(name, d), name, pos_offset=pos_offset
     )
     return tokens.unflatten(1, (h, w)), tv.unflatten(1, (h, w))  # (BTG, h, w, D), (BTG, h, w)
 

@@ -144,7 +144,7 @@ def test_salinas_a_aviris_grouped(real_data):
     days = np.full((1, 1), to_days("1998-10-09"), dtype=np.int64)
     hs = _md(x * 1e-4, np.ones((1, 1, 64, 64), dtype=bool), days, "aviris", bands)
     model = _tiny()
-    bset = model._band_set("hs", hs)
+    bset = model.band_set("hs", hs)
     assert bset.num_groups == 4 and bool(bset.group_present.all())  # 400-2500 nm spans every group
     out = model({"hs": hs})
     _check_finite(out)

@@ -75,7 +75,7 @@ def test_unknown_key_names_it_and_the_valid_keys(tmp_path):
         ("loss.pixel=1", r"loss.pixel: expected bool"),
         ("optim.lr=fast", r"optim.lr: expected float"),
         ("optim.betas=[0.9]", r"optim.betas: expected 2 values"),
-        ("data.source=s3", r"data.source: 's3' is not one of \['synthetic', 'shards'\]"),
+        ("data.source=s3", r"data.source: 's3' is not one of \['synthetic', 'shards', 'mixed'\]"),
         ("data.modalities=s2", r"data.modalities: expected a list"),
         ("optim=3", r"optim: expected a mapping"),
         ("optim.lr.x=3", r"'lr' is a value, not a section"),

@@ -4,6 +4,7 @@ corrupt-sample tolerance, the synthetic source and the GeoTIFF manifest path."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
@@ -20,8 +21,8 @@ from rsfm_train.data.prepare import (
     add_prepare_parser,
     prepare_manifest,
     prepare_synthetic,
-    synthetic_scenes,
 )
+from rsfm_train.data.scenes import synthetic_scenes
 from rsfm_train.data.shards import decode_sample, read_shards, verify_shards
 
 N_SCENES, SIZE, CHIP = 4, 32, 16  # 4 scenes x 4 chips = 16 samples, 2 per shard
@@ -47,6 +48,10 @@ def shard_dir(tmp_path_factory) -> Path:
     opts = PrepareOptions(out, chip=CHIP, samples_per_shard=2, buffer_mb=0.2, min_valid=0.0, seed=3)
     prepare_synthetic(N_SCENES, opts, size=SIZE, num_dates=3)
     return out
+
+
+def _take(loader, n: int):
+    return itertools.islice(iter(loader), n)
 
 
 def _ids(loader) -> list[str]:
@@ -300,3 +305,44 @@ def test_cli_prepare_and_verify(tmp_path, capsys):
         )
         a.func(a)
     np.testing.assert_equal(sorted(p.name for p in out.iterdir())[-1], "shard-000000.tar")
+
+
+# ---------------------------------------------------------------------------- mixed sources
+
+
+def _mixed_cfg(shard_dir: Path, *extra: str):
+    mix = (
+        f"data.mix=[{{shards: {shard_dir}, weight: 3}}, "
+        "{source: synthetic, weight: 1, crop_size: 8, dates_per_view: 1}]"
+    )
+    return _cfg(None, "data.source=mixed", "data.modality_dropout=0", mix, *extra)
+
+
+def test_mixed_sources_batch_whole_and_resume_exactly(shard_dir):
+    cfg = _mixed_cfg(shard_dir)
+    first = list(_take(make_loader(cfg, 0, 1), 12))
+    kinds = [b.sample_ids[0].startswith("synthetic") for b in first]
+    assert any(kinds) and not all(kinds)  # both sources are drawn
+    for b in first:  # a batch is one source, with that source's view size and dates
+        synth = b.sample_ids[0].startswith("synthetic")
+        assert all(k.startswith("synthetic") == synth for k in b.sample_ids)
+        s2 = b.view1["s2"].pixels
+        assert s2.shape[-1] == (8 if synth else 12) and s2.shape[1] == (1 if synth else 2)
+    assert sum(kinds) < len(kinds) / 2  # weight 3 : 1
+    again = list(_take(make_loader(cfg, 0, 1), 12))  # deterministic
+    assert all(_same(a, b) for a, b in zip(first, again))
+    loader = make_loader(cfg, 0, 1)
+    head = list(_take(loader, 5))
+    resumed = list(_take(make_loader(cfg, 0, 1, start=loader.state()), 7))
+    assert all(_same(a, b) for a, b in zip(head + resumed, first))
+
+
+def test_mixed_config_is_checked(shard_dir):
+    from rsfm_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.mix entries"):
+        _cfg(None, "data.source=mixed")
+    with pytest.raises(ConfigError, match="data.mix entries"):
+        _cfg(None, "data.source=mixed", "data.mix=[{shards: x, weight: 0}]")
+    with pytest.raises(ConfigError, match="unknown config key 'data.mix.0.wieght'"):
+        _cfg(None, "data.source=mixed", "data.mix=[{shards: x, wieght: 1}]")

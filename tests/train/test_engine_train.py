@@ -61,6 +61,25 @@ def test_engine_ema_teacher_update_is_the_momentum_average():
     )
 
 
+def test_collapse_monitor_measures_and_warns(caplog):
+    from rsfm_train.metrics import CollapseMonitor
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(2, 16, 4, 4, generator=g)  # 32 tokens spread over 16 dims
+    low = torch.randn(2, 1, 4, 4, generator=g) * torch.randn(1, 16, 1, 1, generator=g)  # rank 1
+    v = torch.ones(2, 4, 4, dtype=torch.bool)
+    mon = CollapseMonitor(0.5)
+    r = mon.record(1, full, full, full, v, v)
+    assert r["erank_student"] > 8 and r["erank_teacher"] == r["erank_student"]
+    assert "possible representation collapse" not in caplog.text
+    with caplog.at_level("WARNING", logger="rsfm_train"):
+        r = mon.record(2, low, full, low, v, v)
+    assert r["erank_student"] < 1.5 and r["erank_teacher"] > 8
+    assert "possible representation collapse at step 2" in caplog.text
+    r = mon.record(3, full, full, full, torch.zeros_like(v), v)  # nothing valid: unknown
+    assert math.isnan(r["erank_student"]) and r["erank_teacher"] > 8
+
+
 def test_engine_run_folder_and_metrics(trainer):
     from rsfm_train.config import deepspeed_config, load_config
 
@@ -78,6 +97,10 @@ def test_engine_run_folder_and_metrics(trainer):
             "tokens_per_s", "data_wait_s", "compute_s", "skipped"}  # fmt: skip
     assert keys <= set(recs[-1]), sorted(keys - set(recs[-1]))
     assert "mfu" not in recs[-1]  # unknown peak on a CPU: omitted, not guessed
+    collapse = {"erank_student", "dimstd_student", "erank_teacher", "dimstd_teacher",
+                "erank_student_proj"}  # fmt: skip
+    assert collapse <= set(recs[0])  # the first step is always measured
+    assert 1.0 <= recs[0]["erank_student"] <= 32 and recs[0]["dimstd_student"] > 0
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
     # B * T * h * w tokens per modality of view 1: 2 modalities, or 1 after modality dropout
     assert recs[-1]["samples"] == 2 and recs[-1]["tokens"] in (2 * 2 * 4 * 4, 2 * 2 * 2 * 4 * 4)

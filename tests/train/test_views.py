@@ -208,3 +208,56 @@ def test_bad_samples_raise_with_the_key():
     with pytest.raises(ValueError, match="token ground sizes disagree"):
         token_grid({"a": _ids_modality("a", 4, 4, 4, 1, 0), "b": _ids_modality("b", 8, 8, 2, 1, 0)},
                    {"a": 4, "b": 4})  # fmt: skip
+
+
+def _real(sensor: str, T: int = 2, H: int = 16, seed: int = 0) -> ModalityData:
+    from rsfm_core import sensors
+
+    bands = sensors.get(sensor).band_names
+    g = torch.Generator().manual_seed(seed)
+    px = torch.rand(T, len(bands), H, H, generator=g) * 0.3 + 0.05
+    if sensors.get(sensor).is_sar:
+        px = px * 10 - 20  # dB
+    return ModalityData(px, torch.ones(T, H, H, dtype=torch.bool), torch.arange(T) + 18000,
+                        sensor, bands)  # fmt: skip
+
+
+def test_spectral_views_subset_optical_bands_and_leave_sar_alone():
+    spec = ViewSpec({"s2": 4, "s1": 4}, crop_tokens=2, dates_per_view=2, band_keep=0.5,
+                    gain_jitter=0.1, rotate_flip=False)  # fmt: skip
+    sample = {"s2": _real("sentinel2_l2a"), "s1": _real("sentinel1_grd", seed=1)}
+    seen = set()
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        items = [make_views(sample, spec, rng, f"k{i}") for i in range(3)]
+        pair = collate_views(items, spec, rng)
+        for view in (pair.view1, pair.view2):
+            s2 = view["s2"]
+            C = len(s2.bands)
+            assert 6 <= C <= 12 and s2.pixels.shape[2] == C  # >= ceil(0.5 * 12) bands
+            assert list(s2.bands) == sorted(s2.bands, key=list(sample["s2"].bands).index)
+            seen.add(s2.bands)
+            assert view["s1"].bands == ("VV", "VH")  # SAR keeps its bands
+        # SAR values are cut, never scaled: every value of a view is one of the sample's
+        sar = items[0].view1["s1"].pixels
+        assert bool(torch.isin(sar, sample["s1"].pixels).all())
+        opt = items[0].view1["s2"].pixels  # optical values are scaled by the gains
+        assert not bool(torch.isin(opt[opt > 0], sample["s2"].pixels).all())
+    assert len(seen) > 4  # subsets vary between batches
+
+
+def test_gain_jitter_scales_each_optical_band_by_one_factor():
+    spec = ViewSpec({"s2": 4}, crop_tokens=4, dates_per_view=1, gain_jitter=0.2,
+                    rotate_flip=False, min_overlap=1.0)  # fmt: skip
+    d = _real("sentinel2_l2a", T=1)
+    sv = make_views({"s2": d}, spec, np.random.default_rng(3), "k")
+    g = sv.view1["s2"].pixels / d.pixels  # the whole 16 px sample is the view
+    per_band = g.flatten(2)  # (1, C, H*W): one factor per band
+    assert torch.allclose(per_band, per_band[..., :1].expand_as(per_band), rtol=1e-5)
+    factors = per_band[0, :, 0]
+    assert 0.5 - 1e-6 <= float(factors.min()) and float(factors.max()) <= 1.5 + 1e-6
+    assert float(factors.std()) > 0.05  # not one global factor
+    plain = ViewSpec({"s2": 4}, crop_tokens=4, dates_per_view=1, rotate_flip=False,
+                     min_overlap=1.0)  # fmt: skip
+    sv = make_views({"s2": d}, plain, np.random.default_rng(3), "k")
+    assert torch.equal(sv.view1["s2"].pixels, d.pixels)  # off by default: untouched

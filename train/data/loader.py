@@ -17,10 +17,16 @@ the data and runs through epochs on its own, forever (training counts steps, not
   and each epoch visits that stream's samples in a permutation seeded by ``(seed, e, s)``.
   A stream keeps the scenes it made (up to ``data.synthetic_cache_mb``): after the first
   epoch, generation costs nothing.
+- Mixed (``data.source: mixed``, ``data.mix``): several sources (shard folders or the
+  synthetic source), each with its own view size and dates per view. Every micro-batch
+  comes from ONE source (its samples share sensors, bands and chip size, so they collate),
+  chosen by a generator keyed by ``(seed, "mix", stream, batch index)`` with probability
+  proportional to the weights; each source runs its own stream as above.
 - Views and dropout draw from generators keyed by ``(seed, epoch, sample key)``, never
   from global or per-worker RNG state, so a sample's views do not depend on who reads it.
 
-Exact resume: a stream's position is ``(epoch, shards_done, samples_done)`` — whole groups
+Exact resume: a stream's position is ``(epoch, shards_done, samples_done)`` (mixed: the
+batches handed out and each source's position) — whole groups
 consumed, then samples consumed from the shuffled current group — which re-creates its
 state by re-reading at most one group. Each batch carries its stream's position; the
 loader keeps the position of the last batch handed out per stream, and the worker whose
@@ -44,7 +50,7 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -91,11 +97,18 @@ class StreamPosition:
     shards_done: int = 0
     samples_done: int = 0
     corrupt: int = 0  # distinct corrupt samples met so far (= len(bad))
-    bad: list[str] = field(default_factory=list)  # their identities: "<url>#<key>"
+    batches: int = 0  # mixed only: batches this stream handed out
+    parts: list[dict] = field(default_factory=list)  # mixed only: each source's position
+    bad: list[str] = field(default_factory=list)  # the corrupt samples: "<url>#<key>"
 
     def moved(self, epoch: int, shards_done: int, samples_done: int) -> StreamPosition:
         """The same stream (same known-bad samples) at another place."""
-        return StreamPosition(epoch, shards_done, samples_done, self.corrupt, list(self.bad))
+        return replace(self, epoch=epoch, shards_done=shards_done, samples_done=samples_done,
+                       bad=list(self.bad))  # fmt: skip
+
+    def corrupt_samples(self) -> list[str]:
+        """This stream's known-bad samples (a mixed stream's: its sources')."""
+        return list(self.bad) + [b for d in self.parts for b in d.get("bad", [])]
 
 
 @dataclass
@@ -120,7 +133,7 @@ class DataPosition:
 
     def corrupt_samples(self) -> list[str]:
         """Every distinct corrupt sample this rank's streams skipped (``<url>#<key>``)."""
-        return [b for s in self.streams for b in s.bad]
+        return [b for s in self.streams for b in s.corrupt_samples()]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,6 +279,15 @@ class ShardSource:
             epoch, first = epoch + 1, 0
 
 
+@dataclass
+class MixedSource:
+    """The sources of ``data.source: mixed``: ``parts`` [(source, ViewSpec)], ``weights``."""
+
+    parts: list[tuple[Any, ViewSpec]]
+    weights: list[float]
+    names: list[str]
+
+
 # ---------------------------------------------------------------------------- the stream
 
 
@@ -312,6 +334,50 @@ class _Streams(IterableDataset):
             yield local, asdict(after), self._collate(items)
 
 
+class _MixedStreams(_Streams):
+    """One rank's streams over several sources (``data.source: mixed``): each batch is
+    drawn whole from one source, chosen with probability proportional to its weight."""
+
+    def __init__(self, parts, weights, batch, position, seed, epochs) -> None:
+        super().__init__(None, parts[0][1], batch, position, seed, epochs)
+        self.parts = parts  # [(source, ViewSpec)]
+        self.p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+
+    def _batch(self, it, spec: ViewSpec) -> tuple[list, StreamPosition | None]:
+        """The next ``batch`` samples of one source's stream, and its position after them."""
+        items, after = [], None
+        while len(items) < self.batch:
+            try:
+                key, epoch, sample, after = next(it)
+            except StopIteration:
+                break
+            rng = _rng(self.seed, "views", epoch, key)
+            items.append((epoch, make_views(sample, spec, rng, key)))
+        return items, after
+
+    def __iter__(self) -> Iterator[tuple[int, dict, ViewPair]]:
+        info = get_worker_info()
+        p = self.position
+        local = ((info.id if info else 0) + p.next_worker) % p.workers
+        stream, n_streams = p.rank * p.workers + local, p.world_size * p.workers
+        pos = copy.deepcopy(p.streams[local])
+        starts = [StreamPosition(**d) for d in pos.parts] or [StreamPosition() for _ in self.parts]
+        its = [
+            src.samples(stream, n_streams, st, self.epochs)
+            for (src, _), st in zip(self.parts, starts)
+        ]
+        while True:
+            k = int(_rng(self.seed, "mix", stream, pos.batches).choice(len(self.parts), p=self.p))
+            spec = self.parts[k][1]
+            self.spec = spec
+            items, after = self._batch(its[k], spec)
+            if len(items) < self.batch:  # only when epochs= ends a source
+                return
+            starts[k] = after
+            pos = StreamPosition(batches=pos.batches + 1, parts=[asdict(x) for x in starts])
+            yield local, asdict(pos), self._collate(items)
+
+
 def _identity(x: Any) -> Any:
     return x
 
@@ -347,9 +413,15 @@ class ViewPairLoader:
     def __iter__(self) -> Iterator[ViewPair]:
         pos = self._position
         opts = self.options
-        ds = _Streams(
-            self.source, self.spec, self.batch, copy.deepcopy(pos), self.seed, opts.epochs
-        )
+        if isinstance(self.source, MixedSource):
+            ds: _Streams = _MixedStreams(
+                self.source.parts, self.source.weights, self.batch, copy.deepcopy(pos),
+                self.seed, opts.epochs,
+            )  # fmt: skip
+        else:
+            ds = _Streams(
+                self.source, self.spec, self.batch, copy.deepcopy(pos), self.seed, opts.epochs
+            )
         dl = DataLoader(
             ds,
             batch_size=None,
@@ -427,6 +499,8 @@ def _view_spec(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]]) -> View
         modality_dropout=cfg.data.modality_dropout,
         min_overlap=cfg.data.min_overlap,
         rotate_flip=cfg.data.rotate_flip,
+        band_keep=cfg.data.band_keep,
+        gain_jitter=cfg.data.gain_jitter,
     )
 
 
@@ -450,6 +524,43 @@ def _synthetic(
         seed=seed,
         cache_mb=cfg.data.synthetic_cache_mb,
     )
+
+
+def _check_streams(source: Any, streams: int) -> None:
+    items = len(source.urls) if isinstance(source, ShardSource) else source.n
+    if items < streams:
+        what = "shards" if isinstance(source, ShardSource) else "data.synthetic_samples"
+        raise ValueError(
+            f"{items} {what} for {streams} streams (world_size x data.workers): every "
+            "stream needs at least one; write more, smaller shards (rsfm prepare "
+            "--samples-per-shard) or use fewer workers"
+        )
+
+
+def _mixed(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]], seed: int) -> MixedSource:
+    """The sources of ``data.mix``, each with its own view spec (crop size, dates)."""
+    parts, weights, names = [], [], []
+    for i, e in enumerate(cfg.data.mix):
+        data = cfg.data.model_copy(
+            update={
+                "crop_size": e.crop_size or cfg.data.crop_size,
+                "dates_per_view": e.dates_per_view or cfg.data.dates_per_view,
+            }
+        )
+        sub = cfg.model_copy(update={"data": data})
+        spec = _view_spec(sub, mods)
+        if e.source == "synthetic":
+            src: Any = _synthetic(sub, mods, seed)
+        else:
+            # every source shuffles with its own key, so adding one leaves the others' order
+            src = ShardSource(
+                resolve_shards(e.shards), seed + 7919 * (i + 1), cfg.data.shuffle_shards,
+                cfg.data.max_corrupt,
+            )  # fmt: skip
+        parts.append((src, spec))
+        weights.append(e.weight)
+        names.append(e.shards or "synthetic")
+    return MixedSource(parts, weights, names)
 
 
 def _start_position(
@@ -494,18 +605,14 @@ def make_loader(
     position = _start_position(start, rank, world_size, W)
     if cfg.data.source == "synthetic":
         source: Any = _synthetic(cfg, mods, seed)
+    elif cfg.data.source == "mixed":
+        source = _mixed(cfg, mods, seed)
     else:
         source = ShardSource(
             resolve_shards(cfg.data.shards), seed, cfg.data.shuffle_shards, cfg.data.max_corrupt
         )
-    items = len(source.urls) if isinstance(source, ShardSource) else source.n
-    if items < world_size * W:
-        what = "shards" if isinstance(source, ShardSource) else "data.synthetic_samples"
-        raise ValueError(
-            f"{items} {what} for {world_size * W} streams (world_size x data.workers): every "
-            "stream needs at least one; write more, smaller shards (rsfm prepare "
-            "--samples-per-shard) or use fewer workers"
-        )
+    for part in source.parts if isinstance(source, MixedSource) else [(source, spec)]:
+        _check_streams(part[0], world_size * W)
     opts = LoaderOptions(workers=cfg.data.workers, epochs=epochs, pin_memory=pin_memory)
     loader = ViewPairLoader(source, spec, cfg.deepspeed.micro_batch, position, seed, opts)
     log.info(

@@ -25,6 +25,14 @@ Decisions:
 - Modality dropout is decided per micro-batch and per view (one modality of the view is
   removed from the whole batch, so it costs no compute), never removing a sample's last
   modality. Views carry no ``grid``: after a rotation an affine grid would be wrong.
+- Spectral views (off by default; docs/training.md "Recipe"): ``band_keep < 1`` gives each
+  view of a micro-batch its own random subset of an optical modality's bands (at least
+  ``ceil(band_keep * C)``, at least 2; the same subset for the batch, so it collates), so
+  the two views of a location see different bands and must agree through the band
+  hypernetwork; ``gain_jitter`` multiplies every optical band of a sample's view by
+  ``1 + gain_jitter * N(0, 1)`` (clipped to [0.5, 1.5]): calibration and atmosphere
+  differences, so that the exact spectrum alone does not identify a location. SAR
+  modalities are left alone.
 """
 
 from __future__ import annotations
@@ -113,6 +121,8 @@ class ViewSpec:
     modality_dropout: float = 0.0
     min_overlap: float = 0.25
     rotate_flip: bool = True
+    band_keep: float = 1.0  # least fraction of an optical modality's bands a view keeps
+    gain_jitter: float = 0.0  # std of the per-band gain of optical bands, per sample view
 
     def __post_init__(self) -> None:
         if not self.patches or any(p < 1 for p in self.patches.values()):
@@ -127,6 +137,11 @@ class ViewSpec:
             )
         if not 0.0 < self.min_overlap <= 1.0:
             raise ValueError(f"ViewSpec: min_overlap must be in (0, 1], got {self.min_overlap}")
+        if not 0.0 < self.band_keep <= 1.0 or not 0.0 <= self.gain_jitter < 0.5:
+            raise ValueError(
+                f"ViewSpec: need 0 < band_keep <= 1 and 0 <= gain_jitter < 0.5, got "
+                f"{self.band_keep}, {self.gain_jitter}"
+            )
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -301,10 +316,38 @@ def make_views(
         p = spec.patches[name]
         d1 = choose_dates(rng, d.num_dates, k)
         d2 = choose_dates(rng, d.num_dates, k, avoid=d1)
-        v1[name] = _cut(d, p, o1, n, d1, s1, k)
-        v2[name] = _cut(d, p, o2, n, d2, s2, k)
+        v1[name] = _jitter(_cut(d, p, o1, n, d1, s1, k), rng, spec.gain_jitter)
+        v2[name] = _jitter(_cut(d, p, o2, n, d2, s2, k), rng, spec.gain_jitter)
     i1, i2, valid = pair_indices(o1, o2, n, s1, s2, spec.pairs)
     return SampleViews(key, v1, v2, i1, i2, valid)
+
+
+def _optical(d: ModalityData) -> bool:
+    from rsfm_core import sensors
+
+    try:
+        return not sensors.get(d.sensor).is_sar
+    except sensors.SensorError:
+        return False
+
+
+def _jitter(d: ModalityData, rng: np.random.Generator, sigma: float) -> ModalityData:
+    """Per-band gains ``1 + sigma * N(0, 1)`` (clipped to [0.5, 1.5]) on an optical view."""
+    if sigma <= 0 or not _optical(d):
+        return d
+    g = np.clip(1.0 + sigma * rng.standard_normal(d.pixels.shape[1]), 0.5, 1.5)  # (C,)
+    return replace(d, pixels=d.pixels * torch.from_numpy(g.astype(np.float32))[:, None, None])
+
+
+def _band_subset(d: ModalityData, rng: np.random.Generator, keep: float) -> ModalityData:
+    """A random subset of an optical modality's bands, the same for the whole batch."""
+    C = d.pixels.shape[-3]
+    if keep >= 1.0 or C <= 2 or not _optical(d):
+        return d
+    lo = max(2, math.ceil(keep * C))
+    idx = np.sort(rng.choice(C, size=int(rng.integers(lo, C + 1)), replace=False))
+    t = torch.from_numpy(idx)
+    return replace(d, pixels=d.pixels.index_select(-3, t), bands=tuple(d.bands[i] for i in idx))
 
 
 # ---------------------------------------------------------------------------- collation
@@ -375,7 +418,10 @@ def collate_views(
     out = []
     for views in ([it.view1 for it in items], [it.view2 for it in items]):
         drop = drop_modality(rng, views, spec.order, spec.modality_dropout)
-        out.append(_collate_view(views, spec.order, drop))
+        batch = _collate_view(views, spec.order, drop)
+        if spec.band_keep < 1.0:  # drawn after dropout: runs without it keep their streams
+            batch = {n: _band_subset(d, rng, spec.band_keep) for n, d in batch.items()}
+        out.append(batch)
     return ViewPair(
         view1=out[0],
         view2=out[1],
