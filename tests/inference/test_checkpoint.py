@@ -97,3 +97,18 @@ def test_random_weights_only_when_asked(tmp_path):
         rs.Embedder.from_pretrained(tmp_path)
     emb = rs.Embedder.from_pretrained(None, allow_random=True, device="cpu")
     assert emb.info.sha256 == "random-init-seed-0" and emb.dtype == torch.float32
+
+
+def test_embed_cli_verify_on_by_default_and_off_on_request(ckpt, scene, tmp_path, capsys):
+    from rsfm_core.cli import main
+
+    _strip_checksum(ckpt)
+    s2 = ",".join(str(p) for p in scene["s2"])
+    args = ["embed", "--checkpoint", str(ckpt), "--input", f"s2=sentinel2_l2a:{s2}",
+            "--out", str(tmp_path / "e.tif"), "--tile", "32", "--overlap", "8", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert "no recorded SHA-256" in capsys.readouterr().err and not (tmp_path / "e.tif").exists()
+    assert main([*args, "--verify", "off"]) == 0
+    assert read_cog(tmp_path / "e.tif")[1]["tags"]["RSFM_MODEL_VERIFIED"] == "false"
+    with pytest.raises(SystemExit):  # the old spellings are not CLI choices any more
+        main([*args, "--verify", "auto"])
