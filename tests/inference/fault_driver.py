@@ -41,8 +41,8 @@ def cli_args(ckpt: str, scene: dict, out: Path) -> list[str]:
             "--tile", "32", "--overlap", "8", "--no-progress"]  # fmt: skip
 
 
-SWEEP_KB = range(32, 640, 48)
-FINE_SWEEP_KB = range(244, 420, 6)  # around the run's real need (~360 KB)
+SWEEP_KB = range(32, 640, 96)
+FINE_SWEEP_KB = range(244, 420, 12)  # around the run's real need (~360 KB)
 
 
 def fill_sweep(ckpt: str, scene: dict, disk: Path) -> None:

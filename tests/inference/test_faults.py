@@ -47,10 +47,13 @@ def _old_outputs(folder: Path) -> dict[str, str]:
     return {p.name: _sha(p) for p in folder.iterdir()}
 
 
-def _drive(scenario: str, ckpt: Path, work: Path, **kw) -> subprocess.Popen:
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # micro models: one thread is fastest
+
+
+def _drive(scenario: str, ckpt: Path, work: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(DRIVER), scenario, str(ckpt), str(work)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
     )  # fmt: skip
 
 
@@ -125,7 +128,7 @@ def test_a_really_full_disk_never_kills_the_run_or_leaves_temporaries(ckpt, tmp_
     cmd = (f"mount -t tmpfs -o size=2m none {disk} && "
            f"{sys.executable} {DRIVER} fill {ckpt} {tmp_path}")  # fmt: skip
     res = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+                         timeout=600, env=CHILD_ENV)  # fmt: skip
     assert res.returncode == 0, (res.returncode, res.stdout[-3000:], res.stderr[-3000:])
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("precheck=")]
     assert len(lines) == 2 * len(SWEEP_KB) + len(FINE_SWEEP_KB), res.stdout

@@ -172,8 +172,15 @@ def test_tiny_cpu_trains_two_steps(tmp_path, monkeypatch):
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)  # what init_distributed sets goes afterwards
 
+    import torch
+
     cfg = load_config("tiny_cpu", [f"run.out_dir={tmp_path}", "run.ckpt_every=0"])
-    state = run_pretrain(cfg, max_steps=2, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small model on a shared 2-core machine: see test_engine_learning
+    try:
+        state = run_pretrain(cfg, max_steps=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert state.step == 2 and (tmp_path / "checkpoints" / "step_00000002").is_dir()
 
 
