@@ -86,6 +86,8 @@ def test_engine_pretraining_beats_random_init(tmp_path):
     from rsfm_train.evaluate import evaluate, make_eval_scenes
 
     cfg = micro_config(tmp_path / "run", 0, **DEMO)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two OpenMP threads on a busy 2-core machine: 30x slower
     tr = Trainer(cfg, progress=False)
     random_init = copy.deepcopy(tr.student.encoder)
     try:
@@ -96,6 +98,7 @@ def test_engine_pretraining_beats_random_init(tmp_path):
         base = evaluate(random_init, train_scenes, test_scenes, shots=10)
     finally:
         tr.close()
+        torch.set_num_threads(threads)
     msg = f"trained {trained}\nrandom init {base}"
     assert trained["probe_10shot_acc"] >= base["probe_10shot_acc"] + 0.05, msg
     assert trained["retrieval_top1"] >= base["retrieval_top1"] + 0.05, msg
