@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared GPU check, run from the repo root on the device machine:
 #   bash benchmarks/gpu_check.sh [STEP ...]        (results under $OUT, default ./gpu_out)
-# STEP: tests (every -m gpu test in the repo, kernels first), bench (attention + InfoNCE
-# benchmarks against their peers), or single steps: kernel_tests, other_tests,
-# attention_bench, infonce_bench, attention_bench_full. Default: tests bench.
+# STEP: tests (every -m gpu test in the repo: attention_tests, infonce_tests, other_tests),
+# bench (attention_bench, infonce_bench: the kernels against their peers), or any single
+# step, also attention_bench_full (every benchmark shape). Default: tests bench.
 #
 # Bare image: torch, triton, einops, safetensors, numpy, pytest; no rasterio, DeepSpeed,
 # PyYAML, pytest-timeout or xformers. rsfm is put on the path without its dependencies
@@ -12,12 +12,13 @@
 #
 # Time: every step has its own limit, and the whole run stops starting steps when
 # GPU_CHECK_BUDGET_S (default 540 s: one device command may run 600 s) would be exceeded,
-# so nothing can hang the lease. Measured budget (H100-class, 16 cores, cold Triton cache,
-# estimates until a first run): kernel_tests ~4 min (first compiles + autotune test),
-# other_tests ~1 min, attention_bench ~3 min (autotuning the long cases once; the
-# timings persist in Triton's cache), infonce_bench ~3 min. On a fresh machine run it as
-# two commands: `bash benchmarks/gpu_check.sh tests`, then `... bench` (a second call on
-# a warm machine reuses the compiled kernels and autotune timings under ~/.triton).
+# so nothing can hang the lease. Expected times on an H100-class machine with a cold
+# Triton cache (estimates: no GPU run yet): attention_tests ~3 min (first compiles and
+# the autotune test), infonce_tests ~2 min, other_tests ~1 min, attention_bench ~3 min
+# (autotuning the long cases once; the timings persist in Triton's cache), infonce_bench
+# ~3 min. On a fresh machine run it as two commands: `bash benchmarks/gpu_check.sh tests`,
+# then `... bench` (a second call on a warm machine reuses the compiled kernels and the
+# autotune timings under ~/.triton).
 # Each step writes OUT/<step>.log; OUT/summary.txt lists step, exit status and seconds
 # (124 = stopped by its limit; partial benchmark JSON is kept: it is rewritten per case).
 set -uo pipefail
@@ -65,12 +66,16 @@ step() {  # step NAME SECONDS CMD...: run with min(SECONDS, what the budget has 
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -rs -m gpu)
 run_step() {
   case "$1" in
-    tests) run_step kernel_tests; run_step other_tests ;;
+    tests) run_step attention_tests; run_step infonce_tests; run_step other_tests ;;
     bench) run_step attention_bench; run_step infonce_bench ;;
-    kernel_tests)
-      step kernel_tests 300 "${PYTEST[@]}" tests/kernels --junitxml "$OUT/kernel_tests.xml" ;;
+    attention_tests)
+      step attention_tests 240 "${PYTEST[@]}" --durations=15 tests/kernels \
+        --ignore=tests/kernels/test_infonce.py --junitxml "$OUT/attention_tests.xml" ;;
+    infonce_tests)
+      step infonce_tests 150 "${PYTEST[@]}" tests/kernels/test_infonce.py \
+        --junitxml "$OUT/infonce_tests.xml" ;;
     other_tests)  # the model in bf16 with Triton attention, inference (skips without rasterio)
-      step other_tests 150 "${PYTEST[@]}" tests --ignore=tests/kernels \
+      step other_tests 120 "${PYTEST[@]}" tests --ignore=tests/kernels \
         --junitxml "$OUT/other_tests.xml" ;;
     attention_bench)  # issue 15's targets: long N in {4k, 16k}, D in {64, 128}; short L
       step attention_bench 240 python3 -m benchmarks.attention --subset targets \
@@ -81,7 +86,7 @@ run_step() {
       # InfoNCE: triton vs torch vs reference, N = M in {4k..256k}, D in {128, 256}, + GEMM
       # rate; the reference is skipped where its N x M float32 matrices cannot fit.
       step infonce_bench 240 python3 -m benchmarks.infonce --max-case-s 10 --json "$OUT/infonce.json" ;;
-    *) echo "unknown step $1 (tests, bench, kernel_tests, other_tests, attention_bench, attention_bench_full, infonce_bench)" ;;
+    *) echo "unknown step $1 (tests, bench, attention_tests, infonce_tests, other_tests, attention_bench, attention_bench_full, infonce_bench)" ;;
   esac
 }
 
