@@ -50,12 +50,17 @@ class Backend:
     description: str = ""
     # False: never picked automatically for CPU tensors (Triton under the interpreter).
     auto_on_cpu: bool = True
+    # Reasons that only keep the backend from being picked automatically (it still runs
+    # when forced), e.g. inputs it supports but serves slowly.
+    auto_reasons: Callable[[Inputs], list[str]] | None = None
 
     def not_supported_reasons(
         self, inputs: Inputs | None = None, forced: bool = False
     ) -> list[str]:
         """Why this backend cannot run ``inputs`` (``None``: on this machine at all)."""
         out = list(self.reasons(inputs))
+        if inputs is not None and not forced and self.auto_reasons is not None:
+            out += self.auto_reasons(inputs)
         if inputs is not None and not forced and not self.auto_on_cpu:
             dev = device_of(inputs)
             if dev is not None and dev.type == "cpu":
@@ -83,9 +88,10 @@ def register(
     priority: int,
     description: str = "",
     auto_on_cpu: bool = True,
+    auto_reasons: Callable[[Inputs], list[str]] | None = None,
 ) -> Backend:
     """Register (or replace) backend ``name`` of ``op``; lower ``priority`` is tried first."""
-    b = Backend(op, name, fn, reasons, priority, description, auto_on_cpu)
+    b = Backend(op, name, fn, reasons, priority, description, auto_on_cpu, auto_reasons)
     lst = [x for x in _REG.ops.get(op, []) if x.name != name]
     lst.append(b)
     lst.sort(key=lambda x: x.priority)

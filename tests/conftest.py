@@ -2,12 +2,15 @@
 
 - On a machine without CUDA, Triton kernels run under the CPU interpreter: it must be
   switched on before any kernel module is imported, hence here, at the very top.
+- pytest-timeout is optional (the GPU image lacks it): its ini option and marker are
+  declared here and in pytest.ini so that collection works either way.
 - ``real_data`` points at ../shared/data (or $RSFM_REAL_DATA); tests that need a data set
   call ``real_data_dir("eurosat_ms")`` and are skipped with a reason when it is absent.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +22,13 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    # pytest.ini sets pytest-timeout's `timeout`; without the plugin (the bare GPU image)
+    # declare it so that pytest does not warn about an unknown option.
+    if importlib.util.find_spec("pytest_timeout") is None:
+        parser.addini("timeout", "per-test time limit (used by pytest-timeout when installed)")
 
 
 def real_data_root() -> Path:

@@ -5,52 +5,59 @@ Math: ``O = softmax(Q K^T * scale + mask_bias) V`` with ``scale = D ** -0.5`` by
 A query row whose keys are all masked returns zeros (and zero gradients), never NaN.
 
 Triton kernels (FlashAttention-2 style, non-causal):
-- forward: one program per (query block, b, h), flattened onto grid axis 0; online softmax
-  over key blocks in float32 with the scale folded into ``exp2`` (scores are multiplied by
-  ``scale * log2(e)``); saves ``LSE`` (log2 units, float32, ``+inf`` for rows with no valid
-  key so that the backward's ``exp2(s - LSE)`` is exactly 0 there).
-- backward: ``delta = rowsum(dO * O)`` (preprocess kernel); dK, dV accumulated per key
-  block over all query blocks; dQ either accumulated in a float32 buffer with
-  ``tl.atomic_add`` from the same kernel (default) or, in deterministic mode, computed by a
-  second kernel per query block that loops over key blocks (no atomics; it recomputes
-  ``Q K^T`` and ``dO V^T``: 7 instead of 5 matmuls, about 1.4x the backward FLOPs).
-  Deterministic mode: ``deterministic=True``, ``RSFM_DETERMINISTIC=1`` or
-  ``torch.use_deterministic_algorithms(True)``.
+- forward: one program per (query block, b, h) on grid axis 0 (or a persistent grid that
+  loops over them); online softmax over key blocks in float32 with the scale folded into
+  ``exp2``; saves ``LSE`` (log2 units, ``+inf`` for rows with no valid key so that the
+  backward's ``exp2(s - LSE)`` is exactly 0 there). Full key blocks run without bounds
+  masks; only the ragged last block is masked.
+- backward: ``delta = rowsum(dO * O)`` (preprocess kernel, which also zero-fills the dQ
+  accumulator); dK, dV accumulated per key block over all query blocks; dQ either added
+  into a float32 buffer with relaxed ``tl.atomic_add`` from the same kernel and cast at the
+  end (default) or, in deterministic mode, computed by a second kernel per query block
+  (no atomics; 7 instead of 5 matmuls). Deterministic mode: ``deterministic=True``,
+  ``RSFM_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``.
 - many short sequences (``N_q, N_k <= 64``, chosen automatically): several sequences
   packed per tile with a block-diagonal mask, one-pass backward without atomics; see
   :mod:`rsfm_kernels.attn.short`.
+- both run as ``torch.library`` custom ops with fake implementations and registered
+  autograd (:mod:`rsfm_kernels.attn.op`): ``torch.compile(fullgraph=True)`` keeps a call
+  as one node.
 
 Layouts: q ``(B, H, N_q, D)``, k and v ``(B, H, N_k, D)``, any strides (every stride is
 passed to the kernels; stride 0 works). Output and gradients are freshly allocated,
 contiguous. Dtypes: float16, bfloat16, float32 (one dtype for q, k, v); softmax statistics
 and accumulators are float32. Head dims: multiples of 8 from 8 to 128 (non powers of two
-are padded to the next power of two with masks); tuned configs exist for 32, 64, 128.
+are padded to the next power of two with masks).
 
 Files: :mod:`~rsfm_kernels.attn.reference` (the spec), :mod:`~rsfm_kernels.attn.launch`
-(input validation shared by the launchers), :mod:`~rsfm_kernels.attn.dense` and
-:mod:`~rsfm_kernels.attn.short` (the Triton kernels, imported only where Triton is
-installed, a Linux dependency: without it this package still imports, the ``triton``
-backends report "triton is not installed" (``rsfm info``), and SDPA serves on macOS and
-Windows); this module holds the peers, the registration and :func:`attention`. The
-package is ``attn``, not ``attention``, so that ``rsfm_kernels.attention`` stays the
-function.
+(input validation shared by the launchers), :mod:`~rsfm_kernels.attn.configs` (launch
+configs per GPU family), :mod:`~rsfm_kernels.attn.dense`, :mod:`~rsfm_kernels.attn.short`
+and :mod:`~rsfm_kernels.attn.op` (the Triton kernels and their custom ops, imported only
+where Triton is installed, a Linux dependency: without it this package still imports, the
+``triton`` backends report "triton is not installed" (``rsfm info``), and SDPA serves on
+macOS and Windows), :mod:`~rsfm_kernels.attn.offline` (offline compile check); this
+module holds the SDPA peer, the registration and :func:`attention`. The package is
+``attn``, not ``attention``, so that ``rsfm_kernels.attention`` stays the function.
 
-Backends (priority order): ``triton`` (10, CUDA sm80+, or forced on CPU under
-``TRITON_INTERPRET=1``), ``triton_short`` (11, the packed kernel forced for any length up to
-128), ``xformers`` (15, only where installed; no key-padding mask), ``sdpa`` (20, PyTorch's
-scaled_dot_product_attention) and ``reference`` (90, float32 math, the spec).
+Backends (priority order): ``triton`` (10, CUDA sm80+ in fp16/bf16, or forced: float32 on
+CUDA, or on CPU under ``TRITON_INTERPRET=1``), ``triton_short`` (11, the packed kernel
+forced for any length up to 128), ``sdpa`` (20, PyTorch's scaled_dot_product_attention)
+and ``reference`` (90, float32 math, the spec). The choice is cached per signature (see
+:func:`_dispatch_key`); ``clear_dispatch_cache()`` forgets it. No xformers backend: it
+would only be chosen where Triton cannot run, which SDPA (whose efficient backend is
+xformers' kernel) already serves; xformers stays a benchmark peer (docs/attention.md).
 
 Caution:
-- float32 inputs use exact ("ieee") dots: accurate, but without tensor cores on GPU; train in
-  bfloat16.
-- Launch configs are pinned per head dim and architecture, untuned on hardware so far
-  (docs/attention.md); ``RSFM_AUTOTUNE=1`` autotunes with sequence lengths bucketed to
-  powers of two (ignored under the interpreter).
+- float32 inputs use exact ("ieee") dots: accurate, but without tensor cores and with
+  tiny tiles on GPU; float32 CUDA tensors go to SDPA unless ``backend="triton"``.
+- Launch configs come from per-family tables checked by offline compile, and are
+  autotuned on GPU (timings cached on disk; ``RSFM_AUTOTUNE=0`` pins the table config).
+  Nothing has been timed on hardware yet (docs/attention.md).
 - the default dQ uses float32 atomics: bitwise results can differ run to run on GPU.
 - no causal mask, no dropout, no attention bias beyond the key-padding mask, no double
   backward.
-- the GPU paths were compiled offline for sm80/sm90 (no spills) and verified under the
-  interpreter, but not yet run on a GPU (docs/attention.md lists the GPU checks to run).
+- a cached choice ignores later changes of anything outside its key (e.g.
+  ``TRITON_INTERPRET``); under ``torch.compile`` it is baked into the graph.
 
 Differences vs reference: the reference materialises the (N_q, N_k) matrix in float32; the
 kernels never do, and feed P and dS to the tensor-core dots in the input dtype (as
@@ -70,11 +77,9 @@ from .reference import attention_reference
 
 _NO_TRITON = "triton is not installed (pip install triton; Linux only)"
 if importlib.util.find_spec("triton") is not None:
-    from . import dense as _T
+    from . import op as _T
 else:  # macOS, Windows, or a Linux install without it: SDPA and the reference still work
     _T = None
-
-_XFORMERS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ---------------------------------------------------------------- peers
@@ -89,15 +94,6 @@ def _sdpa(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
     safe = keep | ~any_valid
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale)
     return out * any_valid.to(out.dtype)
-
-
-def _xformers(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
-    from xformers.ops import memory_efficient_attention  # lazy: optional dependency
-
-    out = memory_efficient_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale
-    )
-    return out.transpose(1, 2)  # (B, N, H, D) -> (B, H, N, D)
 
 
 def _reference(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
@@ -117,14 +113,21 @@ def _shape_reasons(inputs):
             f"q, k, v must be 4-D (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     m = inputs.get("key_padding_mask")
-    if m is not None and (m.dim() != 2 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]):
+    if m is not None and (
+        m.dim() != 2 or k.dim() != 4 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]
+    ):
         out.append(
             f"key_padding_mask must be (B, N_keys) = ({k.shape[0]}, {k.shape[2]}); got {tuple(m.shape)}"
+            if k.dim() == 4
+            else f"key_padding_mask {tuple(m.shape)} does not match k {tuple(k.shape)}"
         )
     return out
 
 
 def _triton_reasons(inputs, max_len: int | None = None):
+    """Why the Triton kernels cannot run ``inputs``. Reads only what
+    :func:`_dispatch_key` holds (devices, dtypes, ranks, head dims, whether a length
+    exceeds the packed kernel's, the mask's shape): the cached choice depends on it."""
     if _T is None:
         return [_NO_TRITON]
     out = dispatch.backend_device_reasons(inputs)
@@ -157,19 +160,16 @@ def _triton_reasons(inputs, max_len: int | None = None):
     return out
 
 
-def _xformers_reasons(inputs):
-    if importlib.util.find_spec("xformers") is None:
-        return ["xformers is not installed (pip install xformers)"]
-    if inputs is None:
-        return [] if torch.cuda.is_available() else ["no CUDA device"]
-    out = _shape_reasons(inputs)
-    dev = dispatch.device_of(inputs)
-    if dev is None or dev.type != "cuda":
-        out.append(f"xformers needs CUDA tensors; got {dev}")
-    out += dispatch.dtype_reasons(inputs, ("q", "k", "v"), _XFORMERS_DTYPES)
-    if inputs.get("key_padding_mask") is not None:
-        out.append("key_padding_mask is not wired to xformers here (use triton or sdpa)")
-    return out
+def _triton_auto_reasons(inputs):
+    """Supported but not chosen automatically (force backend="triton" to run it)."""
+    q = inputs["q"]
+    if q.device.type == "cuda" and q.dtype == torch.float32:
+        return [
+            "float32 on CUDA goes to SDPA automatically: Triton's exact float32 dots (no "
+            "tensor cores) fit only 16x16 tiles without register spills (docs/attention.md); "
+            "train in bfloat16, or force backend='triton'"
+        ]
+    return []
 
 
 def _triton(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
@@ -182,16 +182,14 @@ def _triton_short(q, k, v, key_padding_mask=None, scale=None, deterministic=None
 
 dispatch.register(
     "attention", "triton", _triton, _triton_reasons, priority=10, auto_on_cpu=False,
+    auto_reasons=_triton_auto_reasons,
     description="Triton FlashAttention-2 fwd+bwd; packed kernel when N <= 64",
 )  # fmt: skip
 dispatch.register(
     "attention", "triton_short", _triton_short,
     lambda inputs: _triton_reasons(inputs, SHORT_MAX_LEN), priority=11, auto_on_cpu=False,
+    auto_reasons=_triton_auto_reasons,
     description="Triton packed many-short-sequences kernel (forced; N <= 128)",
-)  # fmt: skip
-dispatch.register(
-    "attention", "xformers", _xformers, _xformers_reasons, priority=15,
-    description="xformers.ops.memory_efficient_attention (optional install)",
 )  # fmt: skip
 dispatch.register(
     "attention", "sdpa", _sdpa, _shape_reasons, priority=20,
@@ -201,6 +199,58 @@ dispatch.register(
     "attention", "reference", _reference, _shape_reasons, priority=90,
     description="float32 PyTorch math (the spec)",
 )  # fmt: skip
+
+# ---------------------------------------------------------------- cached dispatch
+
+_FNS = {"triton": _triton, "triton_short": _triton_short, "sdpa": _sdpa, "reference": _reference}
+_CHOICE: dict[tuple, str] = {}
+
+
+def _dispatch_key(q, k, v, mask, forced: str | None) -> tuple:
+    """Everything the backends' reasons read: the cache key of the choice."""
+    ranks = (q.dim(), k.dim(), v.dim())
+    dims = tuple(t.shape[-1] if t.dim() else -1 for t in (q, k, v))
+    long = ranks == (4, 4, 4) and max(q.shape[2], k.shape[2]) > SHORT_MAX_LEN
+    if mask is None:
+        mask_ok = None
+    else:
+        mask_ok = bool(
+            mask.dim() == 2 and k.dim() == 4 and tuple(mask.shape) == (k.shape[0], k.shape[2])
+        )
+    return (forced, q.device, k.device, v.device, q.dtype, k.dtype, v.dtype, ranks, dims,
+            long, mask_ok)  # fmt: skip
+
+
+def _probe(rank: int, d: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An empty tensor with the facts of the key (rank, last dim, length) for the reasons."""
+    shape = (0,) * max(rank - 2, 0) + (n, d) if rank >= 2 else (max(d, 0),) * rank
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@torch.compiler.assume_constant_result
+def _choose(key: tuple) -> str:
+    """The backend name for a dispatch key, selected once (then a dict look-up). Under
+    torch.compile it runs at trace time and its result is baked into the graph."""
+    name = _CHOICE.get(key)
+    if name is None:
+        forced, qdev, kdev, vdev, qdt, kdt, vdt, ranks, dims, long, mask_ok = key
+        nq = SHORT_MAX_LEN + 1 if long else 1
+        inputs = {
+            "q": _probe(ranks[0], dims[0], nq, qdt, qdev),
+            "k": _probe(ranks[1], dims[1], 1, kdt, kdev),
+            "v": _probe(ranks[2], dims[2], 1, vdt, vdev),
+            "key_padding_mask": None,
+        }
+        if mask_ok is not None:
+            shape = (0, 1) if mask_ok else (1,)
+            inputs["key_padding_mask"] = torch.empty(shape, dtype=torch.bool, device=kdev)
+        name = _CHOICE[key] = dispatch.select("attention", inputs, forced).name
+    return name
+
+
+def clear_dispatch_cache() -> None:
+    """Forget the cached backend choices (after registering a backend at run time)."""
+    _CHOICE.clear()
 
 
 def attention(
@@ -217,11 +267,15 @@ def attention(
     ``deterministic`` (default: RSFM_DETERMINISTIC / torch's flag) only changes the Triton
     dense backward (no atomic dQ).
     """
-    inputs = {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask}
-    b = dispatch.select("attention", inputs, backend)
-    return b.fn(
-        q, k, v, key_padding_mask=key_padding_mask, scale=scale, deterministic=deterministic
-    )
+    forced = dispatch.forced_backend("attention", backend)
+    try:
+        name = _choose(_dispatch_key(q, k, v, key_padding_mask, forced))
+    except dispatch.BackendUnavailable:  # say it with the real shapes, not the probes'
+        inputs = {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask}
+        dispatch.select("attention", inputs, forced)
+        raise
+    fn = _FNS.get(name) or next(b.fn for b in dispatch.backends("attention") if b.name == name)
+    return fn(q, k, v, key_padding_mask=key_padding_mask, scale=scale, deterministic=deterministic)
 
 
-__all__ = ["attention", "attention_reference"]
+__all__ = ["attention", "attention_reference", "clear_dispatch_cache"]

@@ -30,12 +30,11 @@ Differences vs reference: none in the math; float32 softmax statistics, low-prec
 dS fed to the dots (as FlashAttention does).
 
 Input validation lives in :mod:`rsfm_kernels.attn.launch` (shared with the dense kernels),
-the portable exact dot in :mod:`rsfm_kernels._triton_common`.
+the launch configs in :mod:`rsfm_kernels.attn.configs`, the portable exact dot in
+:mod:`rsfm_kernels._triton_common`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -43,7 +42,8 @@ import triton.language as tl
 
 from .._triton_common import dot as _dot
 from .._triton_common import gpu_arch
-from .launch import SHORT_MAX_LEN, block_d, mask_args
+from .configs import short_config
+from .launch import block_d, mask_args
 
 # ---------------------------------------------------------------- kernels
 
@@ -156,45 +156,6 @@ def _short_bwd_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-@dataclass(frozen=True)
-class ShortConfig:
-    seqs: int  # whole sequences per tile
-    block_m: int
-    block_n: int
-    warps_fwd: int
-    warps_bwd: int
-
-
-def short_config(l_q: int, l_k: int, d: int, arch: str, interpret: bool = False) -> ShortConfig:
-    """Launch config of the packed kernels for ``arch`` (see :func:`gpu_arch`).
-
-    A tile of ``rows`` rows holds ``rows // max(L_q, L_k)`` whole sequences. On GPU rows is
-    64 (a 64x64 float32 score tile fits 4 warps' registers); on sm90 with D <= 64 it is 128
-    when that fills the tile at least 15% better (L = 33..42: 3 sequences in 128 rows, not 1
-    in 64); sm80 spills registers at 128 rows (offline compile report). The backward holds
-    q, k, v, dO and three (rows, D) accumulators, so it runs 8 warps. Under the interpreter
-    rows is 32, so tests pack several sequences per tile cheaply.
-    """
-    longest = max(l_q, l_k)
-    if longest > SHORT_MAX_LEN:
-        raise ValueError(
-            f"short-sequence attention needs L <= {SHORT_MAX_LEN}; got L_q={l_q}, L_k={l_k}"
-        )
-    if interpret:
-        rows = max(32, triton.next_power_of_2(longest))
-    else:
-        rows = max(64, triton.next_power_of_2(longest))
-        fill64 = (64 // longest) * longest / 64
-        fill128 = (128 // longest) * longest / 128
-        if rows == 64 and arch == "sm90" and d <= 64 and fill128 > 1.15 * fill64:
-            rows = 128
-    seqs = rows // longest
-    block_m = max(16, triton.next_power_of_2(seqs * l_q))
-    block_n = max(16, triton.next_power_of_2(seqs * l_k))
-    big = max(block_m, block_n) >= 128
-    return ShortConfig(seqs, block_m, block_n, 8 if big else 4, 8)
-
-
 def _grid(n_seq: int, seqs: int) -> tuple[int]:
     return (triton.cdiv(n_seq, seqs),)
 
@@ -243,11 +204,12 @@ def short_backward(
         )
     B, H, l_q, D = q.shape
     l_k = k.shape[2]
-    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-    if dq.numel() == 0 or l_k == 0:
-        return dq, dk, dv
+    if q.numel() == 0 or l_k == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # Every row of every sequence is written by exactly one program: no zero fill.
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     do = do.to(q.dtype)
     cfg = short_config(l_q, l_k, D, gpu_arch(q.device), interpret)
     mp, smb, smn = mask_args(mask, q)

@@ -8,11 +8,34 @@ state): :meth:`RSFMEncoder.set_attn_backend` flips it on every block.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import rsfm_kernels
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 from einops import rearrange
+
+_HOST_CHECKS = [True]
+
+
+def host_checks(t: torch.Tensor) -> bool:
+    """Whether data-dependent host decisions on ``t`` cost nothing: eager mode and a CPU
+    tensor (no device sync, no graph break), unless :func:`sync_free` is active."""
+    return _HOST_CHECKS[0] and t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+@contextmanager
+def sync_free() -> Iterator[None]:
+    """Within this block the forward takes the GPU/compiled path on any device: no frame
+    skipping, masks always passed (to measure or test that path on a CPU)."""
+    before = _HOST_CHECKS[0]
+    _HOST_CHECKS[0] = False
+    try:
+        yield
+    finally:
+        _HOST_CHECKS[0] = before
 
 
 class Attention(nn.Module):

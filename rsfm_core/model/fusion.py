@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .blocks import Transformer
+from .blocks import Transformer, host_checks
 from .config import ModelConfig
 
 DAYS_PER_YEAR = 365.2425
@@ -101,5 +101,8 @@ class FusionEncoder(nn.Module):
         x = torch.cat([tok, x], dim=2).reshape(B * N, L + 1, D)  # (B*N, 1+L, D)
         loc_valid = mask.any(dim=-1)  # (B, N)
         full = torch.cat([mask.new_ones(B, N, 1), mask], dim=2).reshape(B * N, L + 1)
-        y, _ = self.transformer(x, None if bool(full.all()) else full)  # (B*N, 1+L, D)
+        # a mask-free call lets the attention kernel take its fast path; deciding that reads
+        # the mask on the host, so only where it costs no sync (spatial.host_checks)
+        skip = host_checks(full) and bool(full.all())
+        y, _ = self.transformer(x, None if skip else full)  # (B*N, 1+L, D)
         return y[:, 0].reshape(B, N, D), loc_valid

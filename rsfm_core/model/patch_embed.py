@@ -134,47 +134,52 @@ def sincos_pos_2d(
     w: int,
     dim: int,
     device: torch.device | str = "cpu",
-    offset: tuple[int, int] = (0, 0),
+    offset: tuple[int, int] | torch.Tensor = (0, 0),
 ) -> torch.Tensor:
-    """MAE's fixed 2-D sin-cos position embedding, ``(h * w, dim)`` row-major, of the token
-    rows ``offset[0] + [0, h)`` and columns ``offset[1] + [0, w)``; ``dim % 4 == 0``."""
+    """MAE's fixed 2-D sin-cos position embedding of the token rows ``offset[0] + [0, h)``
+    and columns ``offset[1] + [0, w)``, row-major, ``dim % 4 == 0``: ``(h * w, dim)`` for a
+    pair, or ``(B, h * w, dim)`` for an integer ``(B, 2)`` tensor of per-sample offsets
+    (computed on its device: no host sync)."""
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
-    r, c = offset
+    if isinstance(offset, torch.Tensor):
+        device = offset.device
+        r, c = offset[..., 0:1].float(), offset[..., 1:2].float()  # (B, 1) or (1,)
+    else:
+        r, c = float(offset[0]), float(offset[1])
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4))
     ys, xs = torch.meshgrid(
-        torch.arange(r, r + h, device=device, dtype=torch.float32),
-        torch.arange(c, c + w, device=device, dtype=torch.float32),
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
         indexing="ij",
     )
-    ay = ys.reshape(-1, 1) * omega  # (N, D/4)
-    ax = xs.reshape(-1, 1) * omega  # (N, D/4)
-    return torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)  # (N, D)
+    ys, xs = ys.reshape(-1) + r, xs.reshape(-1) + c  # (N,) or (B, N)
+    ay, ax = ys[..., None] * omega, xs[..., None] * omega  # (..., N, D/4)
+    return torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=-1)  # (..., N, D)
 
 
-def sample_offsets(
+def check_offset(
     pos_offset: tuple[int, int] | torch.Tensor | None, batch: int
-) -> list[tuple[int, int]]:
-    """``pos_offset`` (None, an int pair for the whole batch, or an integer (B, 2) tensor of
-    per-sample token (row, col)) -> one pair when all samples share it, else B pairs."""
+) -> tuple[int, int] | torch.Tensor:
+    """``pos_offset`` (None, an int pair for the whole batch, or an integer ``(2,)`` or
+    ``(B, 2)`` tensor of per-sample token (row, col)) checked: a pair, or a ``(B, 2)``
+    tensor. Shapes and dtypes only: nothing is read from the device."""
     if pos_offset is None:
-        return [(0, 0)]
+        return (0, 0)
     if isinstance(pos_offset, torch.Tensor):
         if pos_offset.is_floating_point() or tuple(pos_offset.shape) not in ((2,), (batch, 2)):
             raise ValueError(
                 f"pos_offset must be an integer tensor of shape (2,) or (B, 2) = ({batch}, 2) "
                 f"in token units, got {pos_offset.dtype} {tuple(pos_offset.shape)}"
             )
-        rows = [tuple(o) for o in pos_offset.reshape(-1, 2).tolist()]
-    else:
-        try:
-            r, c = pos_offset
-            rows = [(operator.index(r), operator.index(c))]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"pos_offset must be a (row, col) pair of ints in token units, got {pos_offset!r}"
-            ) from None
-    return rows[:1] if len(set(rows)) == 1 else rows
+        return pos_offset.reshape(-1, 2).expand(batch, 2)
+    try:
+        r, c = pos_offset
+        return (operator.index(r), operator.index(c))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"pos_offset must be a (row, col) pair of ints in token units, got {pos_offset!r}"
+        ) from None
 
 
 def token_validity(valid: torch.Tensor, patch: int, min_frac: float) -> torch.Tensor:
@@ -281,26 +286,15 @@ class SpectralPatchEmbed(nn.Module):
         x = pixels.flatten(0, 1)  # (BT, C, H, W)
         v = valid.flatten(0, 1)  # (BT, H, W)
 
-        def embed(x: torch.Tensor, v: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
-            pos = sincos_pos_2d(H // p, W // p, self.config.dim, pixels.device, offset)  # (N, D)
-            return rsfm_kernels.spectral_patch_embed(
-                x,
-                weight,
-                bands.group_index,
-                G,
-                bias,
-                pos,
-                bands.mean,
-                bands.std,
-                v,
-                backend=self.backend,
-            )  # (BT, G, N, D)
-
-        offsets = sample_offsets(pos_offset, B)
-        if len(offsets) == 1:
-            tokens = embed(x, v, offsets[0])
-        else:  # the op takes one (N, D) table: one call per sample (its T frames)
-            tokens = torch.cat([embed(pixels[b], valid[b], o) for b, o in enumerate(offsets)])
+        offset = check_offset(pos_offset, B)
+        pos = sincos_pos_2d(H // p, W // p, self.config.dim, pixels.device, offset)
+        shared = pos.dim() == 2  # one (N, D) table for the batch: added inside the op
+        tokens = rsfm_kernels.spectral_patch_embed(
+            x, weight, bands.group_index, G, bias, pos if shared else None, bands.mean,
+            bands.std, v, backend=self.backend,
+        )  # fmt: skip  # (BT, G, N, D)
+        if not shared:  # per-sample tables (B, N, D): one broadcast add, no host loop
+            tokens = (tokens.view(B, T, G, -1, self.config.dim) + pos[:, None, None]).flatten(0, 1)
         tv = token_validity(v, p, self.config.min_valid_frac).flatten(1)  # (BT, N)
         tv = tv[:, None, :] & bands.group_present[None, :, None]  # (BT, G, N)
         return tokens.flatten(0, 1).to(dt), tv.flatten(0, 1)  # (BT*G, N, D), (BT*G, N)

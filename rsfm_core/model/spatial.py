@@ -5,10 +5,17 @@ Weights are shared across frames and dates. Across modalities they are either sh
 one batch; the modality embedding added at patch embedding tells them apart) or one
 encoder per modality. See docs/model.md for the measurement behind the default.
 
-Frames without any valid token (missing dates, fully clouded frames, padding) are not
-computed: they are gathered out before the blocks and come back as zeros, which also
-makes "drop a fully-invalid frame" and "mask it" equal. Invalid tokens of a partly valid
-frame are masked as attention keys, so a valid token never reads cloud or nodata.
+Frames without any valid token (missing dates, fully clouded frames, padding) come back
+as zeros, which makes "drop a fully-invalid frame" and "mask it" equal. Invalid tokens of
+a partly valid frame are masked as attention keys, so a valid token never reads cloud or
+nodata.
+
+Decision (host syncs): gathering the valid frames out before the blocks (frame skipping)
+needs their indices on the host (``nonzero``), a device sync and a data-dependent shape
+that ``torch.compile`` cannot trace. It is done only where it is free: tensors on the CPU
+in eager mode (:func:`host_checks`), where it saves the compute of empty frames (measured
+in docs/performance.md). On a GPU and under ``torch.compile`` every frame runs with its
+key mask and the empty ones are zeroed by ``torch.where``: the same values, no sync.
 """
 
 from __future__ import annotations
@@ -16,17 +23,31 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import Transformer
+from .blocks import Transformer, host_checks
 from .config import ModelConfig
 
 SHARED = "shared"
+
+
+def _run_all_frames(
+    enc: Transformer, x: torch.Tensor, mask: torch.Tensor, keep: tuple[int, ...]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``enc`` on every frame with its key mask; frames without a valid token are zeroed
+    (no host sync, static shapes)."""
+    y, kept = enc(x, mask, keep)
+    frame = mask.any(dim=1)[:, None, None]  # (F, 1, 1)
+    zero = lambda t: torch.where(frame, t, torch.zeros((), dtype=t.dtype, device=t.device))  # noqa: E731
+    return zero(y), [zero(t) for t in kept]
 
 
 def _run_valid_frames(
     enc: Transformer, x: torch.Tensor, mask: torch.Tensor, keep: tuple[int, ...]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``enc`` on the frames of ``x`` (F, N, D) that have a valid token (``mask`` (F, N));
-    the other frames (and their kept layers) are zeros."""
+    the other frames (and their kept layers) are zeros. Skips the empty frames where that
+    is free (:func:`host_checks`), else runs them masked and zeroes them."""
+    if not host_checks(mask):
+        return _run_all_frames(enc, x, mask, keep)
     idx = mask.any(dim=1).nonzero().squeeze(1)  # (F_valid,)
     zeros = lambda: x.new_zeros(x.shape)  # noqa: E731
     if idx.numel() == 0:

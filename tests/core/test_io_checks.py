@@ -8,13 +8,16 @@ import warnings
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 
 from rsfm_core import io
 from rsfm_core.io import BandOrderWarning, ImplausibleValuesWarning, RasterError, read_modality
 from rsfm_core.sample import Grid
 from rsfm_core.sensors import get
+
+rasterio = pytest.importorskip(
+    "rasterio", reason="rasterio is not installed (pip install rasterio)"
+)
+Affine = pytest.importorskip("affine").Affine
 
 DAY = "2021-07-14"
 CRS = "EPSG:32633"

@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("yaml")
+
 import yaml
 
 from rsfm_core.cli import main

@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow")
+
 import pyarrow.parquet as pq
 
 from rsfm_core.inference.distributed import plan_bands

@@ -8,10 +8,15 @@ import json
 import warnings
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import shapely
 import torch
+
+pytest.importorskip("rasterio")
+pytest.importorskip("pyarrow")
+pytest.importorskip("shapely")
+
+import pyarrow.parquet as pq
+import shapely
 from affine import Affine
 
 from rsfm_core.inference import MissingInputWarning

@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+
+pytest.importorskip("rasterio")
+pytest.importorskip("pyarrow")
+pytest.importorskip("shapely")
+
+import pyarrow.parquet as pq
 import rasterio
 import shapely
 

@@ -1,18 +1,21 @@
 """Attention kernels against the float32 reference.
 
 On CPU the Triton kernels run under the interpreter (tests/conftest.py sets
-TRITON_INTERPRET=1 before import), float32/float16 only, small odd shapes so every tail
-mask runs; the interpreter runs programs one after another, so races cannot show here and
-the GPU tests repeat the determinism check. GPU tests (``-m gpu``) use flash-attention's
-rule: max|kernel - ref32| <= 2 * max|sdpa_lowp - ref32| + atol.
+TRITON_INTERPRET=1 before import), float32/float16 only, with 16 x 16 tiles and small odd
+shapes so every tail runs (N = 16 k + 1: a ragged last block of one row); the interpreter
+runs programs one after another, so races cannot show here and the GPU tests repeat the
+determinism check. GPU tests (``-m gpu``) use flash-attention's rule:
+max|kernel - ref32| <= 2 * max|sdpa_lowp - ref32| + atol, with the pinned configs
+(RSFM_AUTOTUNE=0) except where a test says otherwise. The custom ops, torch.compile and
+the cached dispatch: test_attention_op.py; the offline compile: test_attention_compile.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import os
-import subprocess
-import sys
+import math
+import types
 from pathlib import Path
 
 import pytest
@@ -21,15 +24,39 @@ import torch
 from rsfm_kernels import dispatch
 
 A = importlib.import_module("rsfm_kernels.attn")
-S = importlib.import_module("rsfm_kernels.attn.short")
-T = importlib.import_module("rsfm_kernels.attn.dense")  # the kernels behind A
+CF = importlib.import_module("rsfm_kernels.attn.configs")  # no Triton import
+HAS_TRITON = A._T is not None
+if HAS_TRITON:
+    T = importlib.import_module("rsfm_kernels.attn.op")  # custom ops + triton_attention
+    D = importlib.import_module("rsfm_kernels.attn.dense")
+    S = importlib.import_module("rsfm_kernels.attn.short")
+    TC = importlib.import_module("rsfm_kernels._triton_common")
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-REPO = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(
-    not (CUDA or T._INTERPRETED), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
+    not (HAS_TRITON and (CUDA or T._INTERPRETED)),
+    reason="Triton kernels need Triton and CUDA or TRITON_INTERPRET=1",
 )
+C = CF.LaunchConfig
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch_cache():
+    """Tests change the environment that forced choices read: start each from scratch."""
+    A.clear_dispatch_cache()
+    yield
+    A.clear_dispatch_cache()
+
+
+@pytest.fixture(autouse=True)
+def _pinned_configs_on_gpu(monkeypatch, request):
+    """GPU tests run the table configs (autotuning every shape would dominate their time);
+    tests marked ``autotune`` opt back in. No effect on CPU: the interpreter never tunes."""
+    if "autotune" not in request.keywords:
+        monkeypatch.setenv("RSFM_AUTOTUNE", "0")
+
+
 TOL = {torch.float32: (2e-5, 5e-5), torch.float16: (3e-3, 8e-3)}  # (output, gradient) atol
 
 
@@ -97,6 +124,95 @@ def test_dense_matches_reference(b, h, nq, nk, d, dtype, mask):
 
 
 @needs_triton
+@pytest.mark.parametrize("nq,nk", [(33, 33), (17, 49), (49, 17)])  # block * k + 1
+@pytest.mark.parametrize("mask", [None, "random"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_ragged_last_block_of_one_row(nq, nk, mask, deterministic):
+    """Full blocks run mask-free and the one-row last block alone is masked; in the dK/dV
+    kernel without a mask the ragged key block takes the second copy of the loop."""
+    q, k, v = make_qkv(2, 1, nq, nk, 32, torch.float32)
+    run_and_compare(tri("dense"), q, k, v, make_mask(2, nk, mask), deterministic=deterministic)
+
+
+@needs_triton
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_very_negative_scores_with_a_ragged_key_block_stay_finite(deterministic):
+    """Every real score far below 0 (LSE < -128 in log2 units): out-of-range keys must be
+    masked by score, not only read as zeros, or exp2(0 - LSE) = inf and inf * 0 = NaN."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+    noise = [0.1 * torch.randn(1, 2, 17, 32, generator=g) for _ in range(3)]
+    q = (25.0 * u + noise[0]).requires_grad_()
+    k = (-25.0 * u + noise[1]).requires_grad_()  # q.k / sqrt(32) ~ -110: LSE ~ -159 log2
+    v = noise[2].requires_grad_()
+    out, grads = run_and_compare(tri("dense"), q, k, v, None, deterministic=deterministic)
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in grads)
+
+
+class _GarbageEmpty(types.ModuleType):
+    """``torch`` with ``empty`` returning NaN-filled (or max-int) tensors."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*shape, dtype=None, device=None, **kw):
+        t = torch.empty(*shape, dtype=dtype, device=device, **kw)
+        return t.fill_(math.nan if t.is_floating_point() else -1)
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["dense", "short"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_kernels_overwrite_every_uninitialised_output(monkeypatch, path, deterministic):
+    """O, LSE, delta, dQ (and its float32 accumulator, zero-filled by the preprocess
+    kernel), dK, dV come from torch.empty: filled with NaN first, nothing may leak."""
+    monkeypatch.setattr(D, "torch", _GarbageEmpty())
+    monkeypatch.setattr(S, "torch", _GarbageEmpty())
+    n = 33 if path == "dense" else 7
+    q, k, v = make_qkv(2, 2, n, n, 16, torch.float32)
+    mask = make_mask(2, n, "random")
+    run_and_compare(tri(path), q, k, v, mask, deterministic=deterministic)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "fwd",
+    [C(16, 16, 1, 1, tma=True), C(16, 16, 1, 1, tma=True, persistent=True),
+     C(16, 16, 1, 1, persistent=True)],
+    ids=["tma", "tma+persistent", "persistent"],
+)  # fmt: skip
+def test_tensor_descriptor_and_persistent_paths(monkeypatch, fwd):
+    """The sm90/sm100 variants, run by the interpreter: in-kernel tensor descriptors
+    (hardware zero-fill of ragged rows and padded head-dim columns) and the persistent
+    forward (4 SM slots here, so each program loops over several tiles)."""
+    back = C(16, 16, 1, 1, tma=fwd.tma)
+    monkeypatch.setattr(D, "INTERPRETER_CONFIGS", (fwd, back, back))
+    q, k, v = make_qkv(1, 3, 33, 49, 48, torch.float32)  # D = 48 padded to 64
+    assert D._tma_ok(q, k, v)
+    for det in (False, True) if fwd.tma else (False,):  # persistent is forward-only
+        run_and_compare(tri("dense"), q, k, v, make_mask(1, 49, "random"), deterministic=det)
+    if fwd.persistent:
+        return
+    # The encoder's strided qkv view is descriptor-compatible; a stride-0 dO is not (the
+    # backward then falls back to pointers).
+    qkv = torch.randn(2, 33, 3, 2, 32, generator=torch.Generator().manual_seed(1))
+    qkv.requires_grad_()
+    qs, ks, vs = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views
+    assert D._tma_ok(qs, ks, vs) and not D._tma_ok(torch.ones(1).expand(2, 2, 33, 32))
+    out = T.triton_attention(qs, ks, vs, path="dense")
+    out.sum().backward()
+    ref_leaf = qkv.detach().clone().requires_grad_()
+    ref = A.attention_reference(*(ref_leaf[:, :, i].transpose(1, 2) for i in range(3)))
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-3)
+    torch.testing.assert_close(qkv.grad, ref_leaf.grad, atol=5e-5, rtol=1e-3)
+
+
+@needs_triton
 def test_dense_deterministic_mode_is_repeatable_and_matches_atomic():
     q, k, v = make_qkv(2, 2, 37, 37, 32, torch.float32)
     mask = make_mask(2, 37, "random")
@@ -159,18 +275,20 @@ def test_short_float16_and_unequal_lengths():
 
 
 def test_short_config_packs_whole_sequences():
-    for arch in ("sm90", "sm80", "other"):
+    for arch in (*CF.FAMILIES, "other"):
         for length in range(1, 65):
-            c = S.short_config(length, length, 64, arch)
+            c = CF.short_config(length, length, 64, arch)
             assert c.seqs >= 1 and c.seqs * length <= c.block_m
             assert c.seqs * length / c.block_m > 0.5  # whole sequences fill over half a tile
-    assert S.short_config(4, 4, 64, "sm90").seqs == 16
-    assert S.short_config(33, 33, 64, "sm90").seqs == 3  # 128-row tile on Hopper
-    assert S.short_config(33, 33, 64, "sm80").seqs == 1
+    assert CF.short_config(4, 4, 64, "sm90").seqs == 16
+    assert CF.short_config(33, 33, 64, "sm90").seqs == 3  # 128-row tile on Hopper
+    for small in ("sm80", "sm86", "sm100", "sm120"):  # they spill at 128 rows
+        assert CF.short_config(33, 33, 64, small).seqs == 1
     with pytest.raises(ValueError, match="L <= 128"):
-        S.short_config(129, 129, 64, "sm90")
+        CF.short_config(129, 129, 64, "sm90")
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_select_path():
     assert T.select_path(64, 64) == "short"
     assert T.select_path(16, 65) == "dense"
@@ -255,14 +373,9 @@ def _reasons(name, inputs):
 
 def test_backends_registered_in_priority_order():
     names = [b.name for b in dispatch.backends("attention")]
-    assert names == ["triton", "triton_short", "xformers", "sdpa", "reference"]
+    assert names == ["triton", "triton_short", "sdpa", "reference"]
     prio = {b.name: b.priority for b in dispatch.backends("attention")}
-    assert (
-        prio["triton"] == 10
-        and prio["xformers"] == 15
-        and prio["sdpa"] == 20
-        and prio["reference"] == 90
-    )
+    assert prio == {"triton": 10, "triton_short": 11, "sdpa": 20, "reference": 90}
 
 
 def test_forced_triton_on_cpu_without_interpreter_lists_reasons(monkeypatch):
@@ -288,8 +401,17 @@ def test_triton_reasons_name_what_is_unsupported():
     long = torch.randn(1, 1, 200, 32)
     assert "exceed" in " ".join(_reasons("triton_short", {"q": long, "k": long, "v": long}))
     assert not any("exceed" in r for r in _reasons("triton", {"q": long, "k": long, "v": long}))
-    xr = _reasons("xformers", {"q": x, "k": x, "v": x})
-    assert xr and ("not installed" in xr[0] or "CUDA" in " ".join(xr))
+
+
+def test_float32_on_cuda_is_not_chosen_automatically_but_runs_when_forced():
+    """Triton's exact float32 dots fit only tiny tiles on every GPU family (offline
+    compile): the automatic choice sends float32 CUDA tensors to SDPA; forcing runs them."""
+    cuda32 = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
+    cuda16 = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)
+    assert "float32 on CUDA" in " ".join(A._triton_auto_reasons({"q": cuda32}))
+    assert A._triton_auto_reasons({"q": cuda16}) == []
+    b = next(b for b in dispatch.backends("attention") if b.name == "triton")
+    assert b.auto_reasons is A._triton_auto_reasons  # consulted only when not forced
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU choice")
@@ -310,6 +432,7 @@ def test_attention_forced_triton_runs_both_paths():
     )
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_launcher_validation_names_the_shapes():
     x = torch.randn(2, 3, 8, 32)
     with pytest.raises(ValueError, match=r"share B and H.*\(2, 3, 8, 32\)"):
@@ -324,26 +447,6 @@ def test_launcher_validation_names_the_shapes():
         T.triton_attention(x, x, x, torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="4-D"):
         T.triton_attention(x[0], x[0], x[0])
-
-
-# ---------------------------------------------------------------- offline GPU compile (slow)
-
-
-@pytest.mark.slow
-def test_pinned_configs_compile_for_sm80_and_sm90_without_spills():
-    """Compiles every pinned config with Triton's own ptxas; no GPU needed (~2 min)."""
-    pytest.importorskip("triton.backends.nvidia.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.attention", "--compile-report", "--head-dim", "64", "--head-dim", "128"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [ln for ln in res.stdout.splitlines() if ln.startswith(("sm80", "sm90"))]
-    assert len(rows) == 44, res.stdout
-    spilling = [r for r in rows if " 0 B spilled" not in r and "ptxas unavailable" not in r]
-    # Known exception: none. A new spill means a pinned config needs revisiting.
-    assert not spilling, "\n".join(spilling)
 
 
 # ---------------------------------------------------------------- GPU (-m gpu)
@@ -375,7 +478,7 @@ def _gpu_compare(fn, q, k, v, mask, atol=1e-3):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("n", [1000, 2048])
+@pytest.mark.parametrize("n", [129, 1000, 2048])  # 129 = 128 + 1: a one-row ragged block
 def test_gpu_dense_flash_rule(dtype, d, n):
     q, k, v = make_qkv(2, 4, n, n, d, dtype)
     _gpu_compare(tri("dense"), q, k, v, make_mask(2, n, "random"))
@@ -411,14 +514,69 @@ def test_gpu_deterministic_backward_is_bitwise_repeatable():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_gpu_auto_dispatch_picks_triton():
+def test_gpu_auto_dispatch_picks_triton_for_bf16_and_sdpa_for_float32():
     q = torch.randn(2, 4, 256, 64, device=DEV, dtype=torch.bfloat16)
     assert dispatch.select("attention", {"q": q, "k": q, "v": q}).name == "triton"
+    q = q.float()
+    assert dispatch.select("attention", {"q": q, "k": q, "v": q}).name == "sdpa"
+    out = rk.attention(q, q, q, backend="triton")  # forced float32 still runs
+    torch.testing.assert_close(out, A.attention_reference(q, q, q), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_gpu_xformers_backend_when_installed():
+@pytest.mark.parametrize("persistent", [False, True])
+def test_gpu_tensor_descriptor_configs(monkeypatch, persistent):
+    """The TMA (and persistent) table variants on sm90/sm100, pinned, under the flash rule."""
+    fam = TC.gpu_arch(torch.device(DEV))
+    if fam not in CF.TMA_FAMILIES:
+        pytest.skip(f"tensor descriptors are offered on {CF.TMA_FAMILIES}, this GPU is {fam}")
+    for d in (64, 128):
+        fwd, kv, dq = CF.PINNED[(fam, d)]
+        tma = tuple(dataclasses.replace(c, tma=True) for c in (fwd, kv, dq))
+        tma = (dataclasses.replace(tma[0], persistent=persistent), *tma[1:])
+        monkeypatch.setitem(CF.PINNED, (fam, d), tma)
+        q, k, v = make_qkv(2, 4, 1000, 1000, d, torch.bfloat16)
+        assert D._tma_ok(q, k, v)
+        for det in (False, True):
+            fn = lambda q, k, v, m, det=det: T.triton_attention(q, k, v, m, deterministic=det)  # noqa: E731
+            _gpu_compare(fn, q, k, v, make_mask(2, 1000, "random"))
+
+
+@pytest.mark.gpu
+@pytest.mark.autotune
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_gpu_autotuned_kernels_match_and_persist_their_choice(monkeypatch):
+    """Autotuning (the GPU default) over the family's space: correct whichever config
+    wins, and the timings land in Triton's on-disk cache (the next process reuses them)."""
+    import json
+
+    import triton
+
+    monkeypatch.delenv("RSFM_AUTOTUNE", raising=False)
+    assert TC.autotune_enabled()
+    q, k, v = make_qkv(2, 4, 1000, 1000, 128, torch.bfloat16)
+    _gpu_compare(tri("dense"), q, k, v, make_mask(2, 1000, "random"))
+    fam = TC.gpu_arch(torch.device(DEV))
+    for kernel, fname in (("fwd", "_fwd_kernel"), ("kv", "_bwd_kv_kernel")):
+        tuner = D._TUNED[(kernel, CF.family_of(fam), 128, False)]
+        keys = [[str(x) for x in key] for key in tuner.cache]
+        assert keys, kernel
+        on_disk = []
+        for path in Path(triton.knobs.cache.dir).rglob(f"{fname}.autotune.json"):
+            on_disk.append([str(x) for x in json.loads(path.read_text())["key"]])
+        assert any(key in on_disk for key in keys), (kernel, keys)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_gpu_xformers_benchmark_peer_with_key_padding_bias():
+    """The benchmark's xformers peer passes the key-padding mask as an additive bias."""
     pytest.importorskip("xformers")
-    q, k, v = make_qkv(2, 4, 300, 300, 64, torch.bfloat16)
-    _gpu_compare(lambda q, k, v, m: rk.attention(q, k, v, backend="xformers"), q, k, v, None)
+    from benchmarks.attention import xformers_attention
+
+    for n, mask in ((300, "empty"), (64, "random")):
+        q, k, v = make_qkv(2, 4, n, n, 64, torch.bfloat16)
+        _gpu_compare(
+            lambda q, k, v, m: xformers_attention(q, k, v, m), q, k, v, make_mask(2, n, mask)
+        )
