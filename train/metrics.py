@@ -23,7 +23,8 @@ Tokens are the spatial encoder's patch tokens of view 1 (``T * G * h * w`` summe
 the modalities present), i.e. what the student's ViT processes.
 
 Collapse indicators (:class:`CollapseMonitor`, every ``log_every`` steps, on the first
-micro-batch of the step, rank 0's tokens): the effective rank and the mean per-dimension
+micro-batch of the step, rank 0's tokens, over a reservoir of the last 1,024 tokens so
+that batches of few tokens compare): the effective rank and the mean per-dimension
 std of the encoder's dense output (the embedding users get, before the projection heads)
 for the student (view 1) and the EMA teacher (view 2), and the effective rank of the
 student's projected tokens (what the losses see). Effective rank is
@@ -235,30 +236,51 @@ def _tensorboard(log_dir: Path):
 
 
 class CollapseMonitor:
-    """Effective rank and per-dimension std of token embeddings, with an early warning."""
+    """Effective rank and per-dimension std of token embeddings, with an early warning.
 
-    def __init__(self, warn_ratio: float = 0.5):
+    One micro-batch can hold very few tokens (single-token views of point series: 4
+    tokens bound the rank by 4), so the indicators are measured on a reservoir of the
+    last ``window`` valid tokens seen on logging steps (at most ``per_step`` from each),
+    and only once it holds ``min_tokens``: a rank comparable across batch kinds."""
+
+    def __init__(
+        self, warn_ratio: float = 0.5, window: int = 1024, per_step: int = 256,
+        min_tokens: int = 256,
+    ):  # fmt: skip
         self.warn_ratio = warn_ratio
+        self.window, self.per_step, self.min_tokens = window, per_step, min_tokens
         self.best = 0.0
         self.warned_at: float | None = None
+        self._rows: dict[str, list[torch.Tensor]] = {"student": [], "teacher": [], "proj": []}
+        self._g = torch.Generator().manual_seed(0)
 
-    @staticmethod
-    def stats(tokens: torch.Tensor, valid: torch.Tensor) -> tuple[float, float]:
-        """(effective rank, mean per-dimension std) of the valid tokens of ``tokens``
-        ``(B, D, h, w)`` (``valid (B, h, w)``); NaN with fewer than two valid tokens."""
+    def _add(self, key: str, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        x = tokens.detach().float().permute(0, 2, 3, 1)[valid.bool()].cpu()  # (n, D)
+        if x.shape[0] > self.per_step:
+            x = x[torch.randperm(x.shape[0], generator=self._g)[: self.per_step]]
+        rows = self._rows[key]
+        rows.append(x)
+        while sum(r.shape[0] for r in rows) - rows[0].shape[0] >= self.window:
+            rows.pop(0)
+
+    def _stats(self, key: str) -> tuple[float, float]:
         from .evalreal.metrics import effective_rank, mean_dim_std
 
-        x = tokens.detach().float().permute(0, 2, 3, 1)[valid.bool()]  # (n, D)
-        if x.shape[0] < 2:
+        rows = self._rows[key]
+        if not rows or sum(r.shape[0] for r in rows) < self.min_tokens:
             return math.nan, math.nan
-        x = x.cpu().numpy()
+        x = torch.cat(rows)[-self.window :].numpy()
         return effective_rank(x), mean_dim_std(x)
 
     def record(self, step: int, student, teacher, student_proj, valid_s, valid_t) -> dict:
-        """The indicators of one step (dense maps ``(B, D, h, w)``); warns on a fall."""
-        er_s, std_s = self.stats(student, valid_s)
-        er_t, std_t = self.stats(teacher, valid_t)
-        er_p, _ = self.stats(student_proj, valid_s)
+        """The indicators after this step's tokens (dense maps ``(B, D, h, w)``); warns
+        when the student's effective rank falls below ``warn_ratio`` x its best."""
+        self._add("student", student, valid_s)
+        self._add("teacher", teacher, valid_t)
+        self._add("proj", student_proj, valid_s)
+        er_s, std_s = self._stats("student")
+        er_t, std_t = self._stats("teacher")
+        er_p, _ = self._stats("proj")
         rec = {"erank_student": er_s, "dimstd_student": std_s, "erank_teacher": er_t,
                "dimstd_teacher": std_t, "erank_student_proj": er_p}  # fmt: skip
         if math.isfinite(er_s):

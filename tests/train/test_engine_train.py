@@ -68,16 +68,26 @@ def test_collapse_monitor_measures_and_warns(caplog):
     full = torch.randn(2, 16, 4, 4, generator=g)  # 32 tokens spread over 16 dims
     low = torch.randn(2, 1, 4, 4, generator=g) * torch.randn(1, 16, 1, 1, generator=g)  # rank 1
     v = torch.ones(2, 4, 4, dtype=torch.bool)
-    mon = CollapseMonitor(0.5)
+    mon = CollapseMonitor(0.5, window=64, per_step=32, min_tokens=32)
     r = mon.record(1, full, full, full, v, v)
     assert r["erank_student"] > 8 and r["erank_teacher"] == r["erank_student"]
     assert "possible representation collapse" not in caplog.text
     with caplog.at_level("WARNING", logger="rsfm_train"):
-        r = mon.record(2, low, full, low, v, v)
+        for step in (2, 3, 4):  # the reservoir fills with rank-1 tokens
+            r = mon.record(step, low, full, low, v, v)
     assert r["erank_student"] < 1.5 and r["erank_teacher"] > 8
-    assert "possible representation collapse at step 2" in caplog.text
-    r = mon.record(3, full, full, full, torch.zeros_like(v), v)  # nothing valid: unknown
-    assert math.isnan(r["erank_student"]) and r["erank_teacher"] > 8
+    assert "possible representation collapse at step" in caplog.text
+    small = CollapseMonitor(0.5, min_tokens=64)  # too few tokens yet: unknown, no warning
+    r = small.record(1, full, full, full, v, v)
+    assert math.isnan(r["erank_student"])
+    # a batch of few tokens does not look like a collapse once the reservoir is full
+    mon = CollapseMonitor(0.5, window=64, per_step=32, min_tokens=32)
+    mon.record(1, full, full, full, v, v)
+    mon.record(2, full, full, full, v, v)
+    one = torch.zeros(2, 4, 4, dtype=torch.bool)
+    one[:, 0, 0] = True  # two tokens only
+    r = mon.record(3, full, full, full, one, one)
+    assert r["erank_student"] > 8
 
 
 def test_engine_run_folder_and_metrics(trainer):
@@ -100,7 +110,8 @@ def test_engine_run_folder_and_metrics(trainer):
     collapse = {"erank_student", "dimstd_student", "erank_teacher", "dimstd_teacher",
                 "erank_student_proj"}  # fmt: skip
     assert collapse <= set(recs[0])  # the first step is always measured
-    assert 1.0 <= recs[0]["erank_student"] <= 32 and recs[0]["dimstd_student"] > 0
+    # the micro run's 2 x 4 x 4 tokens are below the reservoir's 256: not yet measured
+    assert math.isnan(recs[0]["erank_student"])
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
     # B * T * h * w tokens per modality of view 1: 2 modalities, or 1 after modality dropout
     assert recs[-1]["samples"] == 2 and recs[-1]["tokens"] in (2 * 2 * 4 * 4, 2 * 2 * 2 * 4 * 4)
