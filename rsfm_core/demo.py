@@ -3,7 +3,9 @@
 Stages: environment report -> synthetic S2 + S1 scene written as GeoTIFFs -> what the
 reader sees -> short CPU pretraining of rsfm_tiny (`rsfm pretrain --config tiny_cpu`) ->
 export (config.json + model.safetensors) -> embeddings of the scene (COG, GeoParquet,
-npz) -> frozen linear probe and S1->S2 retrieval, trained vs random init.
+npz) with the shipped ``rsfm_tiny_real`` checkpoint (pretrained on real imagery,
+docs/models.md) -> frozen linear probe and S1->S2 retrieval of the demo's model, the
+shipped one and a random init.
 
 Decision: training, export and evaluation run as subprocesses of the `rsfm` command, so
 rsfm_core never imports rsfm_train or DeepSpeed (the inference side stays training-free).
@@ -15,6 +17,8 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+SHIPPED = "rsfm_tiny_real"  # the checkpoint shipped in the package, pretrained on real imagery
 
 EXAMPLE = """example:
   rsfm demo --out demo_out          # what `bash scripts/demo.sh` runs
@@ -91,6 +95,7 @@ def _rsfm(*argv: str) -> None:
 
 def _train_embed_probe(args: argparse.Namespace, out: Path, manifest: dict) -> int:
     from rsfm_core.inference import Embedder, RasterInput
+    from rsfm_core.model.checkpoint import resolve_folder
 
     run_dir, model_dir = out / "pretrain", out / "model"
     steps = args.pretrain_steps
@@ -101,8 +106,8 @@ def _train_embed_probe(args: argparse.Namespace, out: Path, manifest: dict) -> i
     print("\n== export ==")
     _rsfm("export", str(run_dir), str(model_dir))
 
-    print("\n== embeddings of the demo scene ==")
-    emb = Embedder.from_pretrained(model_dir)
+    print(f"\n== embeddings of the demo scene with the shipped {SHIPPED} (docs/models.md) ==")
+    emb = Embedder.from_pretrained(SHIPPED)
     files = {s: manifest["sensors"][s]["files"] for s in ("sentinel2_l2a", "sentinel1_grd")}
     inputs = {
         "s2": RasterInput("sentinel2_l2a", files["sentinel2_l2a"]),
@@ -114,8 +119,10 @@ def _train_embed_probe(args: argparse.Namespace, out: Path, manifest: dict) -> i
     for f in ("embeddings.tif", "chips.parquet", "embeddings.npz"):
         print(f"  wrote {out / f}")
 
-    print("\n== frozen-encoder probe on held-out synthetic scenes: trained vs random init ==")
-    subprocess.run([sys.executable, "-m", "rsfm_train.evaluate", str(model_dir),
+    print("\n== frozen-encoder probe on held-out synthetic scenes: the demo's pretraining, "
+          f"{SHIPPED} and a random init ==")  # fmt: skip
+    shipped = resolve_folder(SHIPPED)
+    subprocess.run([sys.executable, "-m", "rsfm_train.evaluate", str(model_dir), str(shipped),
                     "--random-baseline", "--scenes", "6"], check=True)  # fmt: skip
     print(f"\ndemo outputs are in {out}")
     return 0
