@@ -30,6 +30,9 @@ def test_every_source_folder_is_a_package_setup_py_installs():
     assert not missing, f"folders with modules but no __init__.py: {missing}"
     setup = (REPO / "setup.py").read_text()
     assert '"configs/*.yaml"' in setup and any((REPO / "train" / "configs").glob("*.yaml"))
+    # shipped checkpoints (docs/models.md) are package data of rsfm_core
+    assert '"model/weights/*/model.safetensors"' in setup
+    assert any((REPO / "rsfm_core" / "model" / "weights").glob("*/model.safetensors"))
     for name, folder in roots.items():
         assert f'"{name}": "{folder.name}"' in setup, name
 
@@ -58,6 +61,8 @@ def test_plain_install_imports_all_three_packages(tmp_path):
                 "rsfm_core/synthetic/scene.py", "rsfm_train/data/loader.py"):  # fmt: skip
         assert (target / sub).is_file(), sub  # every subpackage is installed
     assert (target / "rsfm_train" / "configs" / "tiny_cpu.yaml").is_file()
+    shipped = target / "rsfm_core" / "model" / "weights" / "rsfm_tiny_real"
+    assert (shipped / "config.json").is_file() and (shipped / "model.safetensors").is_file()
     assert not (target / "kernels").exists() and not (target / "train").exists()
     code = (
         "import rsfm_core, rsfm_kernels, rsfm_train, rsfm_core.model, rsfm_core.inference.run,"
