@@ -96,6 +96,7 @@ def register(
     lst.append(b)
     lst.sort(key=lambda x: x.priority)
     _REG.ops[op] = lst
+    clear_choices(op)  # a cached choice may no longer be the first that can run
     return b
 
 
@@ -156,6 +157,35 @@ def select(op: str, inputs: Inputs, backend: str | None = None) -> Backend:
         _REG.logged.add(key)
         log.info("%s: using backend %r on %s", op, chosen.name, key[2])
     return chosen
+
+
+# ---------------------------------------------------------------- cached choices
+
+# (op, key) -> backend name. An op's key holds everything its backends' reasons read
+# (the forced name, devices, dtypes, ranks, the shapes that matter), so a hit is exact;
+# errors (no backend can run) are raised, never cached; registering a backend of an op
+# forgets that op's choices. Bounded: past _CHOICES_MAX entries the cache starts over.
+_CHOICES: dict[tuple, str] = {}
+_CHOICES_MAX = 4096
+
+
+def choose(op: str, key: tuple, inputs: Callable[[], Inputs], forced: str | None) -> Backend:
+    """:func:`select` once per ``(op, key)``, then a dict look-up. ``inputs()`` builds the
+    inputs the reasons are asked about (the real ones, or empty probes with the key's
+    facts) only on a miss. Ops call this from a ``torch.compiler.assume_constant_result``
+    function of the key, so under ``torch.compile`` the choice is made at trace time."""
+    name = _CHOICES.get((op, key))
+    if name is None:
+        if len(_CHOICES) >= _CHOICES_MAX:
+            _CHOICES.clear()
+        name = _CHOICES[(op, key)] = select(op, inputs(), forced).name
+    return next(b for b in _REG.ops[op] if b.name == name)
+
+
+def clear_choices(op: str | None = None) -> None:
+    """Forget the cached choices of ``op`` (default: of every op)."""
+    for k in [k for k in _CHOICES if op is None or k[0] == op]:
+        del _CHOICES[k]
 
 
 # ---------------------------------------------------------------- shared reason helpers

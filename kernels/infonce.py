@@ -650,7 +650,6 @@ dispatch.register(
 )  # fmt: skip
 
 _FNS = {"triton": _triton_backend, "torch": _torch_backend, "reference": _reference_backend}
-_CHOICE: dict[tuple, str] = {}
 
 
 def _dispatch_key(q: torch.Tensor, k: torch.Tensor, forced: str | None) -> tuple:
@@ -667,19 +666,19 @@ def _probe(dim: int, wide: bool, dtype: torch.dtype, device: torch.device) -> to
 
 @torch.compiler.assume_constant_result
 def _choose(key: tuple) -> str:
-    """The backend name for a dispatch key, selected once (then a dict look-up). Under
-    torch.compile it runs at trace time and its result is baked into the graph."""
-    name = _CHOICE.get(key)
-    if name is None:
-        forced, qdev, kdev, qdt, kdt, qdim, kdim, wide = key
-        inputs = {"q": _probe(qdim, wide, qdt, qdev), "k": _probe(kdim, wide, kdt, kdev)}
-        name = _CHOICE[key] = dispatch.select("info_nce", inputs, forced).name
-    return name
+    """The backend name for a dispatch key (:func:`rsfm_kernels.dispatch.choose`: selected
+    once, then a dict look-up; under torch.compile made at trace time, baked into the graph)."""
+
+    def probes() -> dict:
+        _, qdev, kdev, qdt, kdt, qdim, kdim, wide = key
+        return {"q": _probe(qdim, wide, qdt, qdev), "k": _probe(kdim, wide, kdt, kdev)}
+
+    return dispatch.choose("info_nce", key, probes, key[0]).name
 
 
 def clear_dispatch_cache() -> None:
-    """Forget the cached backend choices (after registering a backend at run time)."""
-    _CHOICE.clear()
+    """Forget the cached backend choices (registering a backend does it too)."""
+    dispatch.clear_choices("info_nce")
 
 
 def info_nce(

@@ -117,7 +117,6 @@ agree to ~1e-5 relative).
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
@@ -316,15 +315,9 @@ _BACKWARD = {
     "reference": _reference_backward,
 }
 
-# The cached choice. Reasons are a function of what the key holds (forced name, whether x
-# needs a gradient, device, shapes and dtypes), so a hit is exact; errors (no backend can
-# run) are raised, never cached. The environment is read on every call, as dispatch.select
-# does (two os.environ look-ups). A re-registration replaces the registry's list object,
-# which empties the cache. TRITON_INTERPRET is not in the key: Triton reads it at import.
-_CACHE: dict[tuple, dispatch.Backend] = {}
-_CACHE_MAX = 4096
-_cache_owner: list = [None]
-_ENV_OP = f"RSFM_BACKEND_{OP.upper()}"
+# The cached choice (:func:`rsfm_kernels.dispatch.choose`). Reasons are a function of what
+# the key holds (forced name, whether x needs a gradient, device, shapes and dtypes), so a
+# hit is exact. TRITON_INTERPRET is not in the key: Triton reads it at import.
 
 
 def _meta(t: torch.Tensor | None) -> tuple | None:
@@ -335,30 +328,26 @@ def select_backend(
     x, weight, group_index, num_groups, bias, pos, mean, std, valid, backend, x_grad
 ) -> dispatch.Backend:
     """The backend for these inputs: :func:`dispatch.select` once per signature, then cached."""
-    registered = dispatch._REG.ops.get(OP)
-    if registered is not _cache_owner[0] or len(_CACHE) > _CACHE_MAX:
-        _CACHE.clear()
-        _cache_owner[0] = registered
+    forced = dispatch.forced_backend(OP, backend)
     key = (
-        backend or os.environ.get(_ENV_OP), os.environ.get("RSFM_BACKEND"), x_grad,
-        x.device, x.dtype, x.shape, weight.dtype, weight.shape, group_index.dtype,
-        group_index.shape, num_groups, _meta(bias), _meta(pos), _meta(mean), _meta(std),
-        _meta(valid),
+        forced, x_grad, x.device, x.dtype, x.shape, weight.dtype, weight.shape,
+        group_index.dtype, group_index.shape, num_groups, _meta(bias), _meta(pos),
+        _meta(mean), _meta(std), _meta(valid),
     )  # fmt: skip
-    b = _CACHE.get(key)
-    if b is None:
-        forced = dispatch.forced_backend(OP, backend)
-        inputs = {
+
+    def inputs() -> dict:
+        return {
             "x": x, "weight": weight, "group_index": group_index, "num_groups": num_groups,
             "bias": bias, "pos": pos, "mean": mean, "std": std, "valid": valid,
             "x_requires_grad": x_grad,
         }  # fmt: skip
-        b = _CACHE[key] = dispatch.select(OP, inputs, forced)
-    return b
+
+    return dispatch.choose(OP, key, inputs, forced)
 
 
 def clear_backend_cache() -> None:
-    _CACHE.clear()
+    """Forget the cached backend choices (registering a backend does it too)."""
+    dispatch.clear_choices(OP)
 
 
 # ---------------------------------------------------------------------------- custom op

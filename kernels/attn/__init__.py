@@ -203,7 +203,6 @@ dispatch.register(
 # ---------------------------------------------------------------- cached dispatch
 
 _FNS = {"triton": _triton, "triton_short": _triton_short, "sdpa": _sdpa, "reference": _reference}
-_CHOICE: dict[tuple, str] = {}
 
 
 def _dispatch_key(q, k, v, mask, forced: str | None) -> tuple:
@@ -229,11 +228,11 @@ def _probe(rank: int, d: int, n: int, dtype: torch.dtype, device: torch.device) 
 
 @torch.compiler.assume_constant_result
 def _choose(key: tuple) -> str:
-    """The backend name for a dispatch key, selected once (then a dict look-up). Under
-    torch.compile it runs at trace time and its result is baked into the graph."""
-    name = _CHOICE.get(key)
-    if name is None:
-        forced, qdev, kdev, vdev, qdt, kdt, vdt, ranks, dims, long, mask_ok = key
+    """The backend name for a dispatch key (:func:`rsfm_kernels.dispatch.choose`: selected
+    once, then a dict look-up; under torch.compile made at trace time, baked into the graph)."""
+
+    def probes() -> dict:
+        _, qdev, kdev, vdev, qdt, kdt, vdt, ranks, dims, long, mask_ok = key
         nq = SHORT_MAX_LEN + 1 if long else 1
         inputs = {
             "q": _probe(ranks[0], dims[0], nq, qdt, qdev),
@@ -244,13 +243,14 @@ def _choose(key: tuple) -> str:
         if mask_ok is not None:
             shape = (0, 1) if mask_ok else (1,)
             inputs["key_padding_mask"] = torch.empty(shape, dtype=torch.bool, device=kdev)
-        name = _CHOICE[key] = dispatch.select("attention", inputs, forced).name
-    return name
+        return inputs
+
+    return dispatch.choose("attention", key, probes, key[0]).name
 
 
 def clear_dispatch_cache() -> None:
-    """Forget the cached backend choices (after registering a backend at run time)."""
-    _CHOICE.clear()
+    """Forget the cached backend choices (registering a backend does it too)."""
+    dispatch.clear_choices("attention")
 
 
 def attention(

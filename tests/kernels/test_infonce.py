@@ -437,7 +437,7 @@ def test_dispatch_prefers_torch_on_cpu_caches_and_forcing_works(monkeypatch):
     I.clear_dispatch_cache()
     a = rk.info_nce(q, k, 0.1)
     key = I._dispatch_key(q, k, None)
-    assert I._CHOICE[key] == "torch"
+    assert dispatch._CHOICES[("info_nce", key)] == "torch"
     calls = []
     monkeypatch.setattr(dispatch, "select", lambda *a, **kw: calls.append(a))
     rk.info_nce(q, k, 0.1)  # cached: the registry is not asked again

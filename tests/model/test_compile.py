@@ -32,9 +32,7 @@ def _loss_and_grads(model, fn, batch, offset):
     return dense.detach(), pooled.detach(), grads
 
 
-@pytest.mark.parametrize(
-    "backends", ["default", pytest.param("reference", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("backends", ["default", pytest.param("reference", marks=pytest.mark.slow)])
 def test_compiled_forward_and_backward_equal_eager(backends):
     if backends == "default":
         kw = {}  # CPU: sdpa attention, torch spectral embedding
