@@ -335,10 +335,6 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
     are specialised to 1 and the row strides marked 16-divisible, as Triton does at launch
     for contiguous rows, so the code is what a real launch compiles.
     """
-    import os
-    import re
-    import subprocess
-    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
@@ -353,23 +349,7 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
     unit = {"sxd", "syd", "sqd", "skd", "sdqd", "sdkd"}
     aligned = {"sxn", "syn", "sqn", "skn", "sdqn", "sdkn", "sdqs", "sdks", "LOOP_PER_SPLIT"}
 
-    def ptxas_usage(ptx: str, cap: int) -> str:
-        try:
-            from triton.backends.nvidia.compiler import get_ptxas
-
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                f.write(ptx)
-            arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
-            cmd = [get_ptxas(cap).path, f"-arch={arch}", "-v", f.name, "-o", os.devnull]
-            err = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stderr
-            os.unlink(f.name)
-        except Exception as e:  # ptxas missing: report shared memory only
-            return f"ptxas unavailable ({type(e).__name__})"
-        regs = re.search(r"Used (\d+) registers", err)
-        spill = re.search(r"(\d+) bytes spill stores", err)
-        serial = " wgmma-serialized" if "C7515" in err else ""
-        regs_s, spill_s = regs.group(1) if regs else "?", spill.group(1) if spill else "?"
-        return f"{regs_s} regs, {spill_s} B spilled{serial}"
+    ptxas_usage = C.import_kernels("rsfm_kernels._triton_common").ptxas_report
 
     def build(kern, consts, cap, warps, stages):
         fn = kern

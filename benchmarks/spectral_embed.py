@@ -27,7 +27,6 @@ the same GEMM). ``x_torch``: speed-up over the ``torch`` backend of the same cas
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,9 +247,6 @@ def compile_report(
     these sizes, so the code is what a real launch compiles. Worst case: mask and
     normalisation on, ragged token and feature tiles.
     """
-    import re
-    import subprocess
-    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
@@ -260,23 +256,7 @@ def compile_report(
     if T._INTERPRETED:
         raise SystemExit("--compile-report needs TRITON_INTERPRET unset (it compiles for the GPU)")
 
-    def ptxas_usage(ptx: str, cap: int) -> str:
-        try:
-            from triton.backends.nvidia.compiler import get_ptxas
-
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                f.write(ptx)
-            arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
-            cmd = [get_ptxas(cap).path, f"-arch={arch}", "-v", f.name, "-o", os.devnull]
-            err = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stderr
-            os.unlink(f.name)
-        except Exception as e:  # ptxas missing: report shared memory only
-            return f"ptxas unavailable ({type(e).__name__})"
-        regs = re.search(r"Used (\d+) registers", err)
-        spill = re.search(r"(\d+) bytes spill stores", err)
-        return (
-            f"{regs.group(1) if regs else '?'} regs, {spill.group(1) if spill else '?'} B spilled"
-        )
+    ptxas_usage = C.import_kernels("rsfm_kernels._triton_common").ptxas_report
 
     unit = {"sxw", "swv", "svw", "sbd", "spd", "sod", "sdd"}
     f32 = {"MEAN", "ISTD", "PART"}

@@ -211,6 +211,19 @@ def _ptxas_usage(ptx: str, cap: int) -> tuple[int | None, int | None, tuple[str,
     return (int(regs.group(1)) if regs else None), spill, warns
 
 
+def ptxas_report(ptx: str, cap: int) -> str:
+    """``"<regs> regs, <bytes> B spilled[, warnings]"`` for one PTX text (benchmarks'
+    compile reports); says so when ptxas cannot run here."""
+    try:
+        regs, spill, warns = _ptxas_usage(ptx, cap)
+    except Exception as e:  # no NVIDIA backend in this Triton
+        return f"ptxas unavailable ({type(e).__name__})"
+    if regs is None:
+        return "ptxas unavailable"
+    out = f"{regs} regs, {spill if spill is not None else '?'} B spilled"
+    return out + "".join(f", {w}" for w in warns)
+
+
 def compile_kernel(
     fn,
     signature: dict[str, str],
