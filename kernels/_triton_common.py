@@ -140,6 +140,37 @@ else:  # pragma: no cover - Triton < 3.0
         return tl.dot(a, b, allow_tf32=False)
 
 
+@triton.jit
+def load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """2-D load, masked only along the dimensions that can be ragged."""
+    if EVEN_ROWS:
+        if EVEN_COLS:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
+    else:
+        if EVEN_COLS:
+            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def store_tile(ptrs, x, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """2-D store, masked only along the dimensions that can be ragged."""
+    if EVEN_ROWS:
+        if EVEN_COLS:
+            tl.store(ptrs, x)
+        else:
+            tl.store(ptrs, x, mask=cols_ok[None, :])
+    else:
+        if EVEN_COLS:
+            tl.store(ptrs, x, mask=rows_ok[:, None])
+        else:
+            tl.store(ptrs, x, mask=rows_ok[:, None] & cols_ok[None, :])
+
+
 # ---------------------------------------------------------------- offline compile
 
 # Shared memory one block may use (the opt-in maximum), bytes, per family (CUDA C++

@@ -22,6 +22,7 @@ import triton.language as tl
 from ._triton_common import INTERPRETED as _INTERPRETED
 from ._triton_common import dot as _dot
 from ._triton_common import gpu_arch
+from ._triton_common import load_tile as _load_tile
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -105,22 +106,6 @@ def _split(n_own_blocks: int, n_loop_blocks: int, device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------- Triton kernels
-
-
-@triton.jit
-def _load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
-    """2-D load, masked only along the dimensions that can be ragged."""
-    if EVEN_ROWS:
-        if EVEN_COLS:
-            x = tl.load(ptrs)
-        else:
-            x = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
-    else:
-        if EVEN_COLS:
-            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
-        else:
-            x = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
-    return x
 
 
 @triton.jit

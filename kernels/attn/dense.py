@@ -40,6 +40,8 @@ from .._triton_common import (
     tma_strides,
 )
 from .._triton_common import dot as _dot
+from .._triton_common import load_tile as _load_tile
+from .._triton_common import store_tile as _store_tile
 from . import configs as CF
 from .launch import block_d, mask_args
 
@@ -68,36 +70,6 @@ def _bucket(n: int) -> int:
 
 
 # ---------------------------------------------------------------- Triton helpers
-
-
-@triton.jit
-def _load_tile(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
-    """2-D load, masked only along the dimensions that can be ragged."""
-    if EVEN_ROWS:
-        if EVEN_COLS:
-            x = tl.load(ptrs)
-        else:
-            x = tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
-    else:
-        if EVEN_COLS:
-            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
-        else:
-            x = tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
-    return x
-
-
-@triton.jit
-def _store_tile(ptrs, x, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
-    if EVEN_ROWS:
-        if EVEN_COLS:
-            tl.store(ptrs, x)
-        else:
-            tl.store(ptrs, x, mask=cols_ok[None, :])
-    else:
-        if EVEN_COLS:
-            tl.store(ptrs, x, mask=rows_ok[:, None])
-        else:
-            tl.store(ptrs, x, mask=rows_ok[:, None] & cols_ok[None, :])
 
 
 @triton.jit
