@@ -341,6 +341,14 @@ def contrastive_inputs(
     )
 
 
+def _static_rows(cfg: PretrainConfig) -> bool:
+    """Whether every rank's micro-batches have one shape (so the global losses gather
+    without exchanging row counts): one crop size for all data sources."""
+    if cfg.data.source != "mixed":
+        return True
+    return len({e.crop_size or cfg.data.crop_size for e in cfg.data.mix}) == 1
+
+
 # ------------------------------------------------------------------ resume checks
 
 
@@ -447,7 +455,9 @@ class Trainer:
         # module + fp32 masters + two Adam moments + the fp32 teacher, bytes per parameter
         self.ckpt_estimate = numel * (4 + 4 + 8 + 4)
         self.teacher = EMATeacher(student)
-        self.loss_fn = ContrastiveLoss(cfg.loss, dim=cfg.loss.head_dim)
+        self.loss_fn = ContrastiveLoss(
+            cfg.loss, dim=cfg.loss.head_dim, equal_rows=_static_rows(cfg)
+        )
         self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
         self.engine, _, _, _ = deepspeed.initialize(
             model=student,
