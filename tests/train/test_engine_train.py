@@ -281,3 +281,25 @@ def test_engine_uses_deepspeeds_adamw_with_per_group_weight_decay(trainer):
     assert all(p.ndim >= 2 for p in opt.param_groups[0]["params"])
     # no gradient hooks on the student's parameters (the non-finite check needs none)
     assert not any(p._backward_hooks for p in trainer.student.parameters())
+
+
+def test_engine_fit_reads_metrics_once_per_logging_window(tmp_path):
+    """fit leaves each step's metrics on the device and reads them at every log_every-th
+    step and at the end (one read per window), still writing one record per step."""
+    from rsfm_train.data import make_loader
+    from rsfm_train.engine import Trainer
+
+    cfg = micro_config(tmp_path / "run", 0, run__log_every=3)
+    tr = Trainer(cfg, progress=False)
+    reads = []
+    inner = tr._records
+    tr._records = lambda pending: reads.append(len(pending)) or inner(pending)
+    try:
+        tr.fit(make_loader(cfg, 0, 1), max_steps=4)
+    finally:
+        tr.close()
+    assert reads == [3, 1]  # steps 1-3 at step 3, step 4 at the end
+    recs = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["samples"] == 2 for r in recs)
+    assert recs[0]["step_time_s"] == recs[2]["step_time_s"]  # the window's mean
