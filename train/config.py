@@ -110,7 +110,8 @@ class DataSection(_Section):
     rotate_flip: bool = True  # random flips and 90-degree rotations, per view
     band_keep: float = 1.0  # < 1: each view keeps a random subset of optical bands (>= this share)
     gain_jitter: float = 0.0  # std of a random per-band gain of optical views (calibration)
-    shuffle_shards: int = 2  # shards whose samples are shuffled together (the shuffle buffer)
+    shuffle_shards: int = 2  # shards whose samples are shuffled together (a resume point)
+    shuffle_buffer: int = 256  # samples held in memory to shuffle a group (streamed)
     max_corrupt: int = 10  # corrupt samples skipped per (rank, worker) stream before aborting
     synthetic_size: int | None = None  # synthetic scene side in pixels (None: 2 x crop_size)
     synthetic_cache_mb: int = 512  # synthetic scenes kept per worker (0: regenerate each time)
