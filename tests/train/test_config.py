@@ -239,6 +239,11 @@ def test_warmup_cosine_schedule():
     again = WarmupCosine(opt, optim)
     again.load_state_dict(steps)
     assert again.get_lr() == sched.get_lr()
+    # a checkpoint of DeepSpeed's WarmupCosineLR (the engine before): iteration k + 1 after
+    # k optimizer steps (it was stepped to 1 at the start)
+    old = WarmupCosine(opt, optim)
+    old.load_state_dict({"last_batch_iteration": 3})
+    assert old.state_dict()["steps"] == 2 and opt.param_groups[0]["lr"] == lrs[2]
 
 
 def test_deepspeed_extra_is_merged():
