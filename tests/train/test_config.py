@@ -241,9 +241,10 @@ def test_warmup_cosine_schedule():
     assert again.get_lr() == sched.get_lr()
     # a checkpoint of DeepSpeed's WarmupCosineLR (the engine before): iteration k + 1 after
     # k optimizer steps (it was stepped to 1 at the start)
-    old = WarmupCosine(opt, optim)
+    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    old = WarmupCosine(fresh, optim)
     old.load_state_dict({"last_batch_iteration": 3})
-    assert old.state_dict()["steps"] == 2 and opt.param_groups[0]["lr"] == lrs[2]
+    assert old.state_dict()["steps"] == 2 and fresh.param_groups[0]["lr"] == lrs[2]
 
 
 def test_deepspeed_extra_is_merged():
