@@ -14,6 +14,12 @@ FLOPs of ``rsfm_core.model.model_stats`` (3x student forward + 1x teacher forwar
 sample) over the dense bf16 (or TF32) peak of the device from
 ``rsfm_train.metrics.PEAK_FLOPS``; on a CPU it is omitted. Tokens are view-1 patch tokens.
 
+``--against REF`` (e.g. ``--against b0f73cf``) times the same configuration with the
+engine of git revision ``REF`` (its ``train/`` package, extracted with ``git archive``
+into a temporary folder and put first on ``PYTHONPATH``; the library ``rsfm_core`` is
+this checkout's) and with this checkout, alternating ``--rounds`` times in separate
+processes, and prints both medians and their ratio: before/after numbers of one run.
+
 On a CPU DeepSpeed runs with its CPU accelerator and gloo; ZeRO buckets are capped at
 1e6 elements there (DeepSpeed's 5e8 defaults are allocated and zero-filled every step) and
 ``overlap_comm`` is off (on a CPU it slows every op of the step several-fold).
@@ -97,6 +103,55 @@ def bench_stage(args: Any, stage: int, cpu: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _against(args: Any, argv: list[str]) -> int:
+    """Alternate this checkout's engine and revision ``args.against``'s, one process each."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rest, skip = [], False
+    for a in argv:  # the same arguments without --against/--rounds/--json
+        if skip:
+            skip = False
+            continue
+        if a in ("--against", "--rounds", "--json"):
+            skip = True
+            continue
+        if not a.startswith(("--against=", "--rounds=", "--json=")):
+            rest.append(a)
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="rsfm_ref_") as tmp:
+        tar = subprocess.run(["git", "archive", args.against, "train"], cwd=repo,
+                             check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tmp], input=tar, check=True)
+        (Path(tmp) / "rsfm_train").symlink_to(Path(tmp) / "train")
+        for _ in range(args.rounds):
+            for name in ("before", "after"):
+                env = dict(os.environ)
+                if name == "before":
+                    env["PYTHONPATH"] = tmp + os.pathsep + env.get("PYTHONPATH", "")
+                out = Path(tmp) / f"{name}.json"
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.train_throughput",
+                    *rest,
+                    "--json",
+                    str(out),
+                ]
+                subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+                rows = json.loads(out.read_text())["rows"]
+                times[name] += [r["step_ms"] for r in rows]
+    before, after = statistics.median(times["before"]), statistics.median(times["after"])
+    print(f"engine of {args.against} (before): median step {before:.1f} ms over {times['before']}")
+    print(f"this checkout (after):            median step {after:.1f} ms over {times['after']}")
+    print(f"after / before = {after / before:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = C.base_parser(__doc__.splitlines()[0])
     p.add_argument(
@@ -111,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fp32", action="store_true", help="float32 on GPU (default bf16; CPU is always fp32)"
     )
+    p.add_argument("--against", default=None, help="git revision: time its engine vs this one")
+    p.add_argument("--rounds", type=int, default=2, help="--against: alternations (default 2)")
     args = p.parse_args(argv)
+    if args.against:
+        import sys
+
+        return _against(args, list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING)
     device = C.default_device()
     cpu = device.type == "cpu" or args.quick

@@ -11,12 +11,23 @@ Decisions:
 - The batch arithmetic lives in one place, the ``deepspeed`` section: ``micro_batch`` is
   what one rank's data loader yields per micro-step; the optimizer-step batch is
   ``micro_batch * grad_accum * world_size`` (DeepSpeed's ``train_batch_size``).
-- The optimizer is the client's ``torch.optim.AdamW`` (param groups without weight decay
-  for norms/biases/embeddings need the client); the JSON has no ``optimizer`` block.
-- The learning-rate schedule is DeepSpeed's ``WarmupCosineLR`` from the JSON: linear
-  warmup from 0 over ``optim.warmup_steps``, cosine to ``optim.min_lr_ratio * lr`` at
-  ``optim.total_steps``. It scales the client optimizer's own ``lr``, steps once per
-  optimizer step (not per micro-step) and is saved in DeepSpeed checkpoints for free.
+- The optimizer is DeepSpeed's own AdamW from the generated JSON ``optimizer`` block
+  (fused where DeepSpeed has a fused Adam for the accelerator; ``torch.optim.AdamW`` on
+  the CPU accelerator, where DeepSpeed's FusedAdam would be a JIT-built C++ op). The
+  per-group weight decay (none for norms, biases and embeddings) comes from the
+  parameter groups the engine passes as ``deepspeed.initialize(model_parameters=...)``:
+  a group's ``weight_decay`` wins over the block's default.
+- The learning-rate schedule (:class:`WarmupCosine`) is handed to ``deepspeed.initialize``
+  as a callable: linear warmup over ``optim.warmup_steps``, cosine to
+  ``optim.min_lr_ratio * lr`` at ``optim.total_steps``; optimizer step ``k`` (1-based)
+  runs at ``k / warmup_steps`` of the peak during warmup, so no step runs at LR 0
+  (DeepSpeed's ``WarmupCosineLR`` starts at ratio 0 for two iterations). DeepSpeed steps
+  it once per applied optimizer step (not on its overflow skips) and saves it in its
+  checkpoints.
+- bf16 with ZeRO 1-3: ``data_types.grad_accum_dtype`` is float32, deliberately: gradients
+  of the micro-steps of one optimizer step are summed in float32 (a bf16 sum loses the
+  low bits of every addend after a few micro-steps: 8 mantissa bits). ZeRO-0 with bf16
+  accumulates in bf16: DeepSpeed 0.19 supports no other mix without ZeRO.
 - PyYAML reads ``3e-4`` (no dot) as a string: float fields accept such strings when
   ``float()`` parses them. Nothing else is coerced (``1`` is not a bool, ``1.0`` not an int).
 - The schema is pydantic models in strict mode with unknown keys forbidden (pydantic comes
@@ -99,7 +110,8 @@ class DataSection(_Section):
     rotate_flip: bool = True  # random flips and 90-degree rotations, per view
     band_keep: float = 1.0  # < 1: each view keeps a random subset of optical bands (>= this share)
     gain_jitter: float = 0.0  # std of a random per-band gain of optical views (calibration)
-    shuffle_shards: int = 2  # shards whose samples are shuffled together (the shuffle buffer)
+    shuffle_shards: int = 2  # shards whose samples are shuffled together (a resume point)
+    shuffle_buffer: int = 256  # samples held in memory to shuffle a group (streamed)
     max_corrupt: int = 10  # corrupt samples skipped per (rank, worker) stream before aborting
     synthetic_size: int | None = None  # synthetic scene side in pixels (None: 2 x crop_size)
     synthetic_cache_mb: int = 512  # synthetic scenes kept per worker (0: regenerate each time)
@@ -448,7 +460,7 @@ def validate_model(cfg: PretrainConfig) -> None:
 
 _DERIVED_DS_KEYS = {
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-    "gradient_clipping", "bf16", "bfloat16", "fp16", "optimizer", "scheduler",
+    "gradient_clipping", "bf16", "bfloat16", "fp16", "optimizer", "scheduler", "data_types",
 }  # fmt: skip
 
 
@@ -471,11 +483,15 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, cpu: bool = False) ->
     development machine took 4.5 s instead of 0.16 s. ``deepspeed.extra`` still wins.
 
     Keys verified against DeepSpeed 0.19.8 (runtime/constants.py, zero/config.py,
-    lr_schedules.py). No ``optimizer`` block: the engine passes ``torch.optim.AdamW``.
+    runtime/engine.py ``_configure_basic_optimizer``). No ``scheduler`` block: the engine
+    passes :class:`WarmupCosine`.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1; got {world_size}")
     ds, opt = cfg.deepspeed, cfg.optim
+    # fp32 ZeRO-0: DeepSpeed wraps nothing around the optimizer (no overflow check), so the
+    # engine skips non-finite steps through torch's fused AdamW and its ``found_inf`` flag
+    fused_torch = ds.zero_stage == 0 and not ds.bf16
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
         zero.update(overlap_comm=True, contiguous_gradients=True)
@@ -492,17 +508,81 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, cpu: bool = False) ->
         "zero_optimization": zero,
         "bf16": {"enabled": ds.bf16},
         "fp16": {"enabled": False},
-        "scheduler": {
-            "type": "WarmupCosineLR",
+        **(
+            {"data_types": {"grad_accum_dtype": "fp32" if ds.zero_stage else "bf16"}}
+            if ds.bf16
+            else {}
+        ),  # fmt: skip
+        "optimizer": {
+            "type": "AdamW",
             "params": {
-                "total_num_steps": opt.total_steps,
-                "warmup_num_steps": max(1, opt.warmup_steps),  # DeepSpeed requires > 0
-                "warmup_min_ratio": 0.0,
-                "warmup_type": "linear",
-                "cos_min_ratio": opt.min_lr_ratio,
+                "lr": opt.lr,
+                "betas": list(opt.betas),
+                "eps": opt.eps,
+                "weight_decay": opt.weight_decay,  # per-group values (param_groups) win
+                "torch_adam": cpu or fused_torch,
+                **({"fused": True} if fused_torch else {}),
             },
         },
         "steps_per_print": 10**9,  # our engine logs metrics; silence DeepSpeed's own
         "wall_clock_breakdown": False,
     }
     return _merge(out, ds.extra)
+
+
+class WarmupCosine:
+    """The learning-rate schedule DeepSpeed steps (``deepspeed.initialize(lr_scheduler=
+    lambda opt: WarmupCosine(opt, cfg.optim))``).
+
+    After ``k`` optimizer steps, every group runs at ``ratio(k + 1) * its initial lr``:
+    linear warmup ``s / W`` for step ``s < W = max(1, warmup_steps)``, then a cosine from 1
+    to ``min_lr_ratio`` over the remaining ``total_steps - W`` steps (the ratios of
+    DeepSpeed's ``WarmupCosineLR`` at iteration ``s``, without its two steps at ratio 0).
+    ``step()`` advances one optimizer step; state is the step count (``state_dict``).
+    """
+
+    def __init__(self, optimizer: Any, optim: OptimSection):
+        self.optimizer = optimizer
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.warmup = max(1, optim.warmup_steps)
+        self.total = optim.total_steps
+        self.min_ratio = optim.min_lr_ratio
+        self.steps = 0
+        self._apply()
+
+    def ratio(self, step: int) -> float:
+        """The LR ratio of optimizer step ``step`` (1-based)."""
+        if step < self.warmup:
+            return step / self.warmup
+        progress = min(1.0, (step - self.warmup + 1) / max(1, self.total - self.warmup))
+        return max(
+            0.0, self.min_ratio + (1.0 - self.min_ratio) * (1 + math.cos(math.pi * progress)) / 2
+        )
+
+    def _apply(self) -> None:
+        r = self.ratio(self.steps + 1)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * r
+
+    def step(self, hold: bool = False) -> None:
+        """One optimizer step; ``hold=True`` (``engine.step(lr_kwargs={"hold": True})``)
+        leaves the schedule where it is, for a step the engine skipped."""
+        if not hold:
+            self.steps += 1
+        self._apply()
+
+    def get_lr(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    get_last_lr = get_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "last_batch_iteration" in state:  # a checkpoint of DeepSpeed's WarmupCosineLR
+            self.steps = int(state["last_batch_iteration"]) - 1  # (it ran one iteration ahead)
+        else:
+            self.steps = int(state["steps"])
+            self.base_lrs = [float(x) for x in state["base_lrs"]]
+        self._apply()

@@ -25,6 +25,10 @@ ranks only -- decide skips from all-reduced counts (see :func:`all_reduce_sum`).
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as torch_dist
 
@@ -54,6 +58,43 @@ def all_gather_sizes(n: int, device: torch.device) -> list[int]:
     out = [torch.zeros_like(t) for _ in range(world_size())]
     torch_dist.all_gather(out, t)
     return [int(x) for x in out]
+
+
+_EQUAL_ROWS = [False]
+
+
+@contextlib.contextmanager
+def equal_rows(enabled: bool = True) -> Iterator[None]:
+    """Within this context every rank promises the same row count to each gather of the
+    global losses (the engine's micro-batches have static shapes): :func:`row_sizes`
+    returns ``[n] * world_size`` without a collective or a host read. A broken promise
+    is caught on the device (``torch._assert_async`` after one small all-gather) when
+    ``RSFM_CHECK_ROWS=1``."""
+    before = _EQUAL_ROWS[0]
+    _EQUAL_ROWS[0] = enabled
+    try:
+        yield
+    finally:
+        _EQUAL_ROWS[0] = before
+
+
+def equal_rows_enabled() -> bool:
+    return _EQUAL_ROWS[0]
+
+
+def row_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's row count ``n`` (rank order): ``[n] * world_size`` inside
+    :func:`equal_rows` (no sync), else exchanged with :func:`all_gather_sizes` (one read)."""
+    if not _EQUAL_ROWS[0]:
+        return all_gather_sizes(n, device)
+    if is_dist() and os.environ.get("RSFM_CHECK_ROWS", "0") not in ("", "0"):
+        t = torch.tensor([n], dtype=torch.long, device=device)
+        out = [torch.zeros_like(t) for _ in range(world_size())]
+        torch_dist.all_gather(out, t)
+        torch._assert_async(
+            (torch.cat(out) == n).all(), "equal_rows: ranks gathered different row counts"
+        )
+    return [n] * world_size()
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

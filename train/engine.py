@@ -6,22 +6,36 @@ projected features, token correspondence and validity fill a ``ContrastiveInputs
 ``ContrastiveLoss`` gives the loss; ``engine.backward``; ``engine.step``. After each
 optimizer step the teacher takes one EMA step (:mod:`rsfm_train.teacher`).
 
-DeepSpeed owns the optimizer step, ZeRO 0-3, bf16, clipping, gradient accumulation and the
-warmup-cosine LR schedule, all from ``deepspeed_config(cfg, world_size)``. We add:
+DeepSpeed owns the optimizer (its own AdamW from the generated JSON ``optimizer`` block,
+with the per-group weight decay of :func:`param_groups` passed as ``model_parameters``),
+the optimizer step, ZeRO 0-3, bf16, clipping and gradient accumulation; the LR schedule
+is :class:`~rsfm_train.config.WarmupCosine`, handed to ``deepspeed.initialize`` and stepped
+by DeepSpeed. Nothing of DeepSpeed is patched. We add:
 
-- **NaN/inf guard.** Every rank ORs a flag from its loss and from tensor hooks on the
-  student's parameters (each micro-batch's local gradient, before DeepSpeed reduces it);
-  at the accumulation boundary the flags are all-reduced (one collective, with the step's
-  counters). If any rank saw a non-finite value, the step is skipped on every rank:
-  ``engine.step()`` still runs -- so DeepSpeed's micro/global step counters, gradient
-  zeroing and accumulation boundaries stay as in any other step -- but the client AdamW's
-  own ``step`` is gated off (:class:`StepGate`), so parameters and Adam moments are
-  untouched; the teacher's EMA step is skipped and the loss prototypes are restored to
-  their value before the step. The LR schedule does not advance, as with DeepSpeed's own
-  overflow skips (ZeRO 1/2 skip fp32 steps with a non-finite gradient norm by themselves;
-  elsewhere we step the scheduler back), and ``engine.skipped_steps`` counts the skip.
-  Skips are counted in our state and logged loudly; after ``run.max_nonfinite_skips`` in a
-  row the run stops with :class:`NonFiniteError`.
+- **NaN/inf guard**, without a host read of our own on DeepSpeed's wrapped paths. A
+  micro-batch whose loss is not finite is backpropagated as ``loss x NaN`` (``x 1.0``,
+  exact, otherwise), so its gradients are NaN even where the bad term reaches no
+  parameter; DeepSpeed's gradient all-reduce carries the NaN to every rank. Then:
+
+  * bf16 (any ZeRO stage) and ZeRO 1-3: DeepSpeed's optimizer wrapper finds the global
+    gradient norm not finite and skips the step by itself (its overflow path): parameters
+    and Adam state untouched, ``engine.skipped_steps`` counts it, the schedule holds.
+    ``engine.was_step_applied()`` tells the host.
+  * fp32 ZeRO-0, where DeepSpeed hands the gradients to the bare optimizer unchecked: the
+    JSON asks for torch's fused AdamW, and the engine sets its AMP ``found_inf`` flag (the
+    protocol ``GradScaler`` uses) from the all-reduced gradients' norm on the device: the
+    fused kernel skips parameters, moments and step counts. The engine reads that flag
+    once (one host read per step, on this path only) to hold the schedule
+    (``engine.step(lr_kwargs={"hold": True})``) and the teacher.
+
+  On a skipped step the teacher's EMA step is skipped and the loss prototypes are
+  restored to their value before the step. Skips are counted in our state and logged
+  loudly; after ``run.max_nonfinite_skips`` in a row the run stops with
+  :class:`NonFiniteError`. No tensor hooks: the gradient check is DeepSpeed's norm (which
+  it computes for clipping anyway) or one norm over the gradients on fp32 ZeRO-0.
+- **Metrics stay on the device** (loss, loss terms, counters, grad norm): :meth:`Trainer.fit`
+  reads them once per ``run.log_every`` steps (and before a checkpoint), one all-reduce
+  and one device-to-host copy for the whole window; step times are the window's mean.
 - **Exact resume**: see :mod:`rsfm_train.checkpoint` (teacher, prototypes, RNG, data
   position, counters next to DeepSpeed's files). Each checkpoint records the student's
   tensor shapes and the encoder config; :func:`check_resume` compares them with the
@@ -69,7 +83,7 @@ from .checkpoint import (
     read_state,
     save_checkpoint,
 )
-from .config import PretrainConfig, config_to_dict, deepspeed_config, save_config
+from .config import PretrainConfig, WarmupCosine, config_to_dict, deepspeed_config, save_config
 from .losses import (
     ContrastiveInputs,
     ContrastiveLoss,
@@ -260,24 +274,6 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     ]
 
 
-class StepGate:
-    """Lets the NaN guard skip the client optimizer's update while DeepSpeed's ``step``
-    runs as usual. Wraps ``optimizer.step`` on the instance: DeepSpeed accepts only the
-    exact ``torch.optim.AdamW`` type for ZeRO, so a subclass is not an option."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.skip = False
-        inner = optimizer.step
-
-        @functools.wraps(inner)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            if self.skip:
-                return None
-            return inner(*args, **kwargs)
-
-        optimizer.step = step  # type: ignore[method-assign]
-
-
 def complete_view(
     view: Mapping[str, Any], names: Sequence[str], encoder: nn.Module
 ) -> dict[str, Any]:
@@ -343,6 +339,14 @@ def contrastive_inputs(
         student_valid=s.valid,
         reconstruction=s.reconstruction,
     )
+
+
+def _static_rows(cfg: PretrainConfig) -> bool:
+    """Whether every rank's micro-batches have one shape (so the global losses gather
+    without exchanging row counts): one crop size for all data sources."""
+    if cfg.data.source != "mixed":
+        return True
+    return len({e.crop_size or cfg.data.crop_size for e in cfg.data.mix}) == 1
 
 
 # ------------------------------------------------------------------ resume checks
@@ -430,7 +434,6 @@ class Trainer:
         self.progress = progress
         self.fault_hook: Callable[[int, ContrastiveInputs], ContrastiveInputs] | None = None
         self.before_commit: Callable[[Path], None] | None = None
-        self._hooks: list[Any] = []
         self._lock = self._take_lock()
         self._metadata_written = False
         self.corrupt_samples: list[str] = []
@@ -452,23 +455,32 @@ class Trainer:
         # module + fp32 masters + two Adam moments + the fp32 teacher, bytes per parameter
         self.ckpt_estimate = numel * (4 + 4 + 8 + 4)
         self.teacher = EMATeacher(student)
-        self.loss_fn = ContrastiveLoss(cfg.loss, dim=cfg.loss.head_dim)
-        o = cfg.optim
-        opt = torch.optim.AdamW(
-            param_groups(student, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
+        self.loss_fn = ContrastiveLoss(
+            cfg.loss, dim=cfg.loss.head_dim, equal_rows=_static_rows(cfg)
         )
-        self.gate = StepGate(opt)
         self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
         self.engine, _, _, _ = deepspeed.initialize(
-            model=student, optimizer=opt, config=self.ds_config
+            model=student,
+            model_parameters=param_groups(student, cfg.optim.weight_decay),
+            lr_scheduler=functools.partial(WarmupCosine, optim=cfg.optim),
+            config=self.ds_config,
         )
-        sched = self.engine.lr_scheduler
-        if sched is not None and getattr(sched, "last_batch_iteration", None) == -1:
-            # WarmupCosineLR starts at iteration -1 (ratio 0) and its linear warmup gives
-            # ratio 0 again at iteration 0: the first two steps would run at LR 0. From
-            # iteration 1, optimizer step k runs at k / warmup_steps of the peak LR.
-            # (A resumed run loads the scheduler's saved iteration over this.)
-            sched.step(1)
+        # DeepSpeed's optimizer wrappers (bf16 at any stage, ZeRO 1-3) skip a step whose
+        # global gradient norm is not finite by themselves; fp32 ZeRO-0 hands the bare
+        # AdamW the gradients, so the engine checks the norm there (see train_step)
+        self.skips_in_deepspeed = cfg.deepspeed.bf16 or cfg.deepspeed.zero_stage > 0
+        self._found_inf: torch.Tensor | None = None
+        if not self.skips_in_deepspeed:
+            # torch's fused AdamW (the JSON asks for it on this path) takes the AMP
+            # protocol's ``found_inf``: a device flag that skips the whole update (params,
+            # moments, step counts) inside the kernel, as GradScaler uses it
+            opt = self.engine.basic_optimizer
+            if not getattr(opt, "_step_supports_amp_scaling", False):
+                raise RuntimeError(
+                    f"fp32 ZeRO-0 needs torch's fused AdamW; DeepSpeed built {type(opt).__name__}"
+                )
+            self._found_inf = torch.zeros((), device=self.engine.device)
+            opt.grad_scale, opt.found_inf = None, self._found_inf
         self.device = self.engine.device
         self.teacher.to(self.device)
         self.loss_fn.to(self.device).train()
@@ -477,8 +489,6 @@ class Trainer:
         self.collapse = CollapseMonitor(cfg.run.collapse_warn)
         self._collapse_rec: dict[str, float] = {}
         self.state = TrainState()
-        self._bad = torch.zeros((), device=self.device)
-        self._hooks = [p.register_hook(self._grad_hook) for p in self.engine.module.parameters()]
         seed_everything(cfg.run.seed + 1000 * self.rank)  # per-rank streams from here on
         n = sum(p.numel() for p in student.parameters())
         log.info("student: %s + heads, %.2fM parameters, ZeRO %d, %s, %d rank(s)", cfg.model.name,
@@ -511,12 +521,8 @@ class Trainer:
     def student(self) -> PretrainModule:
         return self.engine.module
 
-    def _grad_hook(self, g: torch.Tensor) -> None:
-        # NaN and inf survive a sum, which reads g once (no bool tensor of g's size)
-        self._bad.add_((~torch.isfinite(g.sum())).to(self._bad.dtype))
-
     def _micro_step(self, pair: Any, monitor: bool = False) -> tuple[LossTerms, int, float]:
-        pair = pair.to(self.device)
+        pair = pair.to(self.device, non_blocking=True)
         view1 = pair.view1
         if self.engine.zero_optimization_stage() == 3:
             view1 = complete_view(view1, self.cfg.data.modalities, self.student.encoder)
@@ -530,103 +536,98 @@ class Trainer:
         if self.fault_hook is not None:
             inputs = self.fault_hook(self.state.step, inputs)
         terms = self.loss_fn(inputs)
-        self._bad.add_((~torch.isfinite(terms.total.detach())).to(self._bad.dtype))  # no sync
-        self.engine.backward(terms.total)
+        # A non-finite loss poisons this rank's gradients (x NaN; x 1.0 is exact otherwise),
+        # even where the bad term does not reach them; DeepSpeed's gradient all-reduce then
+        # carries the NaN to every rank, and every rank skips the step (no extra collective,
+        # no host read: see train_step)
+        total = terms.total
+        poison = torch.where(torch.isfinite(total.detach()), 1.0, float("nan"))
+        self.engine.backward(total * poison)
         tokens = count_tokens(pair.view1, self.student.encoder)
         flops = self.flops.train_flops(pair.view1, pair.view2) * pair.batch_size
         return terms, tokens, flops
 
-    def _local_grad_norm(self) -> float | None:
-        """Pre-clip global grad norm where DeepSpeed does not report one (ZeRO-0, fp32:
-        the client optimizer holds the all-reduced gradients)."""
+    def _grad_norm(self) -> torch.Tensor | None:
+        """Pre-clip global grad norm (a device scalar) of the gradients the bare optimizer
+        holds (fp32 ZeRO-0: already all-reduced by DeepSpeed's backward)."""
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if not grads:
             return None
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def train_step(self, pairs: Sequence[Any]) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics
+        (read from the device now: :meth:`fit` reads them every ``run.log_every`` steps)."""
+        return self._records([self._step(pairs)])[0]
+
+    def _step(self, pairs: Sequence[Any]) -> dict[str, Any]:
+        """One optimizer step; its metrics stay on the device (a pending record)."""
         gas = self.cfg.deepspeed.grad_accum
         if len(pairs) != gas:
             raise ValueError(
                 f"train_step needs deepspeed.grad_accum={gas} micro-batches, got {len(pairs)}"
             )
         protos = self.loss_fn.prototypes.weight.detach().clone()
-        self._bad.zero_()
         k = len(LOSS_TERMS)
-        # [non-finite ranks, samples, tokens, model FLOPs, loss, term sums, term counts];
-        # kept on the device so that the step synchronises with the host once
-        vec = torch.zeros(5 + 2 * k, dtype=torch.float64, device=self.device)
-        lr, grad_norm = float(self.engine.get_lr()[0]), None
+        # [loss, term sums, non-finite micro-steps, samples, tokens, model FLOPs] of this
+        # rank, on the device (host numbers are added as scalars: no tensor per micro-step)
+        vec = torch.zeros(5 + k, dtype=torch.float64, device=self.device)
+        counts = [0] * k
+        lr = float(self.engine.get_lr()[0])
         log_every = max(1, self.cfg.run.log_every)
         monitor = (self.state.step + 1) % log_every == 0 or self.state.step == 0
         self._collapse_rec = {}
         for i, pair in enumerate(pairs):
-            terms, tokens, flops = self._micro_step(pair, monitor and i == 0)
-            vec[1:4] += torch.tensor([pair.batch_size, tokens, flops], dtype=torch.float64).to(vec)
-            vec[4] += terms.total.detach().double()
+            terms, n_tok, n_flops = self._micro_step(pair, monitor and i == 0)
+            vec[2 + k] += pair.batch_size
+            vec[3 + k] += n_tok
+            vec[4 + k] += n_flops
+            total = terms.total.detach()
+            vec[0] += total.double()
+            vec[1 + k] += (~torch.isfinite(total)).double()
             for j, name in enumerate(LOSS_TERMS):
                 v = getattr(terms, name)
                 if v is not None:
-                    vec[5 + j] += v.double()
-                    vec[5 + k + j] += 1
-            if i == gas - 1:  # the accumulation boundary: decide the skip on every rank
-                vec[0] = (self._bad > 0).double()  # 1 on a rank that saw a non-finite value
-                vec = dist.all_reduce_sum(vec).cpu()
-                self.gate.skip = skip = bool(vec[0] > 0)
-                if (
-                    not skip
-                    and self.engine.zero_optimization_stage() == 0
-                    and not self.cfg.deepspeed.bf16
-                ):
-                    grad_norm = self._local_grad_norm()
-            skipped_before = self.engine.skipped_steps
-            self.engine.step()
-        self.gate.skip = False
-        if skip and self.engine.skipped_steps == skipped_before:
-            self._unstep_scheduler()
-        if grad_norm is None:
-            g = self.engine.get_global_grad_norm()
-            grad_norm = float(g) if g is not None else float("nan")
-        return self._finish_step(vec, skip, protos, lr, grad_norm)
+                    vec[1 + j] += v.detach().double()
+                    counts[j] += 1
+        grad_norm: Any = None
+        if self.skips_in_deepspeed:
+            self.engine.step()  # skips by itself on a non-finite global gradient norm
+            skip = not self.engine.was_step_applied()
+            grad_norm = self.engine.get_global_grad_norm()
+        else:
+            # fp32 ZeRO-0: DeepSpeed hands the gradients to the bare AdamW unchecked. The
+            # flag is the all-reduced gradients' norm (the same on every rank); the fused
+            # AdamW skips on it without a host read, and the engine reads it once to hold
+            # the schedule (WarmupCosine.step(hold=True)) and the teacher
+            grad_norm = self._grad_norm()
+            assert self._found_inf is not None
+            if grad_norm is None:
+                self._found_inf.zero_()
+            else:
+                torch.logical_not(torch.isfinite(grad_norm), out=self._found_inf)
+            skip = bool(self._found_inf)
+            self.engine.step(lr_kwargs={"hold": skip})
+        self._finish_step(skip, protos)
+        return {"vec": vec, "grad_norm": grad_norm, "counts": counts, "lr": lr,
+                "skipped": float(skip), **self._collapse_rec}  # fmt: skip
 
-    def _unstep_scheduler(self) -> None:
-        """Undo the LR scheduler's advance of a step our guard skipped. DeepSpeed's own
-        overflow skips (ZeRO 1/2 with an invalid fp32 gradient norm) leave the schedule
-        where it was; this makes every stage and precision behave the same way."""
-        sched = self.engine.lr_scheduler
-        if sched is not None and hasattr(sched, "last_batch_iteration"):
-            sched.step(sched.last_batch_iteration - 1)
-        self.engine.skipped_steps += 1
-
-    def _finish_step(
-        self, vec: torch.Tensor, skip: bool, protos: torch.Tensor, lr: float, grad_norm: float
-    ) -> dict[str, float]:
+    def _finish_step(self, skip: bool, protos: torch.Tensor) -> None:
         cfg, st = self.cfg, self.state
         if skip:
             self.loss_fn.prototypes.weight.copy_(protos)
             st.nonfinite_total += 1
             st.nonfinite_consecutive += 1
             if self.rank == 0:
-                log.error("NON-FINITE loss or gradient at step %d on %d rank(s): step skipped "
-                          "(%d in a row, %d in total)", st.step + 1, int(vec[0]),
+                log.error("NON-FINITE loss or gradient at step %d (on any rank): step skipped "
+                          "(%d in a row, %d in total)", st.step + 1,
                           st.nonfinite_consecutive, st.nonfinite_total)  # fmt: skip
         else:
             st.nonfinite_consecutive = 0
             self.teacher.update(
                 self.student, cfg.teacher.momentum_at(st.step, cfg.optim.total_steps)
             )
-        samples, tokens, flops = (float(x) for x in vec[1:4])
-        k = len(LOSS_TERMS)
-        rec: dict[str, float] = {"loss": float(vec[4]) / (self.world * cfg.deepspeed.grad_accum)}
-        for j, name in enumerate(LOSS_TERMS):
-            if vec[5 + k + j] > 0:  # the term ran (the same decision on every rank)
-                rec[f"loss_{name}"] = float(vec[5 + j] / vec[5 + k + j])
-        rec.update(lr=lr, grad_norm=grad_norm, skipped=float(skip), samples=samples,
-                   tokens=tokens, model_flops=flops, **self._collapse_rec)  # fmt: skip
         st.step += 1
-        st.samples += int(samples)
-        st.tokens += int(tokens)
         if st.nonfinite_consecutive >= max(1, cfg.run.max_nonfinite_skips):
             raise NonFiniteError(
                 f"{st.nonfinite_consecutive} optimizer steps in a row (up to step {st.step}) had a "
@@ -634,7 +635,31 @@ class Trainer:
                 f"{cfg.run.max_nonfinite_skips}). Lower optim.lr, check the data for NaN/inf "
                 "values that reach the loss, or resume from an earlier checkpoint"
             )
-        return rec
+
+    def _records(self, pending: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+        """Metrics of pending steps: one all-reduce and one device read for all of them."""
+        if not pending:
+            return []
+        k, world, gas = len(LOSS_TERMS), self.world, self.cfg.deepspeed.grad_accum
+        norms = [p["grad_norm"] for p in pending]
+        dev = [torch.as_tensor(float("nan") if g is None else g, dtype=torch.float64,
+                               device=self.device).reshape(1) for g in norms]  # fmt: skip
+        vecs = dist.all_reduce_sum(torch.stack([p["vec"] for p in pending]))  # (n, 5 + k)
+        host = torch.cat([vecs, torch.stack(dev)], dim=1).cpu()  # the one read
+        out = []
+        for p, row in zip(pending, host.tolist()):
+            rec: dict[str, float] = {"loss": row[0] / (world * gas)}
+            for j, name in enumerate(LOSS_TERMS):
+                if p["counts"][j] > 0:  # the term ran (the same decision on every rank)
+                    rec[f"loss_{name}"] = row[1 + j] / (world * p["counts"][j])
+            rec["nonfinite_micro_steps"] = row[1 + k]
+            rec.update(samples=row[2 + k], tokens=row[3 + k], model_flops=row[4 + k],
+                       grad_norm=row[5 + k])  # fmt: skip
+            rec.update({n: v for n, v in p.items() if n not in ("vec", "grad_norm", "counts")})
+            self.state.samples += int(rec["samples"])
+            self.state.tokens += int(rec["tokens"])
+            out.append(rec)
+        return out
 
     # -------------------------------------------------------------- loop
     def fit(self, loader: Iterable[Any], max_steps: int | None = None) -> TrainState:
@@ -648,6 +673,22 @@ class Trainer:
                                self.state.step, self.progress)  # fmt: skip
         it = iter(loader)
         last_saved = self.state.step
+        log_every = max(1, cfg.run.log_every)
+        # (step, pending record, data wait): metrics stay on the device until a logging
+        # step, a checkpoint or the end reads them all at once (one all-reduce, one read)
+        pending: list[tuple[int, dict[str, Any], float]] = []
+        window = [time.perf_counter()]
+
+        def flush() -> None:
+            recs = self._records([p for _, p, _ in pending])  # synchronises with the device
+            now = time.perf_counter()
+            step_s = (now - window[0]) / max(1, len(pending))  # the window's mean step time
+            for (step, _, wait), rec in zip(pending, recs):
+                writer.write(step, self._throughput(rec, wait, max(step_s - wait, 0.0)))
+            pending.clear()
+            window[0] = now
+
+        ok = False
         try:
             while self.state.step < target:
                 t0 = time.perf_counter()
@@ -656,17 +697,19 @@ class Trainer:
                 except StopIteration:  # a finite loader (e.g. make_loader(epochs=...))
                     log.warning("the data ran out at step %d of %d", self.state.step, target)
                     break
-                t1 = time.perf_counter()
-                rec = self.train_step(pairs)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                writer.write(
-                    self.state.step, self._throughput(rec, t1 - t0, time.perf_counter() - t1)
-                )
-                if cfg.run.ckpt_every > 0 and self.state.step % cfg.run.ckpt_every == 0:
+                wait = time.perf_counter() - t0
+                pending.append((self.state.step + 1, self._step(pairs), wait))
+                step = self.state.step
+                save = cfg.run.ckpt_every > 0 and step % cfg.run.ckpt_every == 0
+                if save or step % log_every == 0 or step >= target:
+                    flush()
+                if save:
                     self.save(loader.state())
-                    last_saved = self.state.step
+                    last_saved = step
+            ok = True
         finally:
+            if pending and (ok or self.world == 1):  # (no collective while ranks unwind)
+                flush()
             writer.close()
             self._report_corrupt(loader)
         if last_saved != self.state.step:
@@ -716,10 +759,7 @@ class Trainer:
         return position
 
     def close(self) -> None:
-        """Remove hooks and release the engine (tests build several in one process)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        """Release the engine and the run folder (tests build several in one process)."""
         engine = getattr(self, "engine", None)
         destroy = getattr(engine, "destroy", None)
         if destroy is not None:
@@ -734,7 +774,6 @@ __all__ = [
     "NonFiniteError",
     "PretrainModule",
     "Projected",
-    "StepGate",
     "Trainer",
     "check_resume",
     "config_to_dict",

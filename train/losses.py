@@ -77,7 +77,7 @@ def global_info_nce(
     gradient from every rank's queries). Returns ``(loss, global_valid_count)`` with
     ``loss = world_size * sum_local / max(1, count)`` (see the module docstring).
     """
-    sizes = dist.all_gather_sizes(k.shape[0], k.device)
+    sizes = dist.row_sizes(k.shape[0], k.device)  # no exchange (or read) under equal_rows
     k_all = dist.all_gather_with_grad(k, sizes)  # (N_global, D)
     kv_all = dist.all_gather_with_grad(valid, sizes)  # (N_global,)
     offset = sum(sizes[: dist.rank()])
@@ -159,13 +159,12 @@ def sinkhorn_knopp(
         valid = torch.ones(b, n, dtype=torch.bool, device=scores.device)
     valid = valid.bool()
     keep = valid[..., None]  # (B, N, 1)
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    log_q = torch.where(keep, scores.float() / epsilon, neg_inf)
+    log_q = (scores.float() / epsilon).masked_fill(~keep, float("-inf"))  # (no scalar tensor)
     target = torch.log(valid.sum(1).clamp_min(1).float() / k)[:, None, None]  # (B, 1, 1)
     for _ in range(n_iters):
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) + target  # columns
         log_q = log_q - torch.logsumexp(log_q, dim=2, keepdim=True)  # rows (tokens) sum 1
-        log_q = torch.where(keep, log_q, neg_inf)  # images with no valid token give NaN
+        log_q = log_q.masked_fill(~keep, float("-inf"))  # images with no valid token give NaN
     return log_q.exp()
 
 
@@ -245,9 +244,11 @@ def image_loss(
 
 @dataclass
 class CrossModalResult:
-    loss: torch.Tensor  # 0 (no graph) when skipped
-    skipped: bool
-    n_pairs: int  # modality pairs with at least one shared valid location (global)
+    loss: torch.Tensor  # 0 (no graph) when skipped; 0 (with graph) when no pair had a location
+    skipped: bool  # fewer than two modalities (known on the host)
+    # modality pairs with at least one shared valid location (global; a device tensor
+    # unless skipped: deciding on the host would read the device every step)
+    n_pairs: torch.Tensor | int
 
 
 def _modality_names(
@@ -294,22 +295,30 @@ def cross_modal_loss(
             v = valid[name].bool()
         return x.permute(0, 2, 3, 1).reshape(-1, d), v.reshape(-1)  # (B*h*w, D), (B*h*w,)
 
-    losses, n_pairs = [], 0
+    losses, oks = [], []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             if a in features and b in features:
                 (xa, va), (xb, vb) = rows(a), rows(b)
                 v = va & vb
+            elif dist.equal_rows_enabled():
+                # this rank lacks one of them: all-invalid rows of the same count as every
+                # other rank's (same token grid), still on the graph: gathers keep one shape
+                xa = xb = ref.permute(0, 2, 3, 1).reshape(-1, d) * 0.0
+                v = torch.zeros(xa.shape[0], dtype=torch.bool, device=ref.device)
             else:  # this rank lacks one of them; it still joins the pair's collectives
                 xa = xb = empty
                 v = torch.zeros(0, dtype=torch.bool, device=ref.device)
             loss, count = _pair_loss(xa, xb, v, temperature, symmetric=True)
-            if float(count) > 0:  # global count: the same decision on every rank
-                losses.append(loss)
-                n_pairs += 1
+            # a pair counts where it has a shared valid location on some rank (the global
+            # count: the same on every rank), decided on the device (no host read)
+            ok = count > 0
+            losses.append(torch.where(ok, loss, 0.0))
+            oks.append(ok)
     if not losses:
         return CrossModalResult(torch.zeros((), device=ref.device), True, 0)
-    return CrossModalResult(torch.stack(losses).mean(), False, n_pairs)
+    n_pairs = torch.stack(oks).sum()
+    return CrossModalResult(torch.stack(losses).sum() / n_pairs.clamp_min(1), False, n_pairs)
 
 
 # ------------------------------------------------------------------- variance/covariance
@@ -476,13 +485,20 @@ class ContrastiveLoss(nn.Module):
     In training mode each call also takes one EMA step of the prototypes.
     """
 
-    def __init__(self, cfg: LossSection, dim: int | None = None):
+    def __init__(self, cfg: LossSection, dim: int | None = None, equal_rows: bool = False):
         super().__init__()
         self.cfg = cfg
         dim = cfg.head_dim if dim is None else dim
         self.prototypes = Prototypes(cfg.n_prototypes, dim, cfg.prototype_momentum)
+        # every rank's micro-batches have the same shapes (the engine knows from the
+        # config): the global InfoNCE gathers without exchanging (and reading) row counts
+        self.equal_rows = equal_rows
 
     def forward(self, x: ContrastiveInputs) -> LossTerms:
+        with dist.equal_rows(self.equal_rows):
+            return self._forward(x)
+
+    def _forward(self, x: ContrastiveInputs) -> LossTerms:
         c, t = self.cfg, self.cfg.temperature
         terms: dict[str, torch.Tensor] = {}
         skipped: list[str] = []

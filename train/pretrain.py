@@ -79,7 +79,11 @@ def run_pretrain(
         position = trainer.load(ckpt) if ckpt is not None else None
         if loader_factory is None:
             from .data.loader import make_loader as loader_factory
-        loader = loader_factory(cfg, trainer.rank, trainer.world, cfg.run.seed, start=position)
+        # pinned host batches on CUDA: the engine copies them with non_blocking=True
+        pin = trainer.device.type == "cuda"
+        loader = loader_factory(
+            cfg, trainer.rank, trainer.world, cfg.run.seed, start=position, pin_memory=pin
+        )
         return trainer.fit(loader, max_steps=max_steps)
     finally:
         trainer.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 from rsfm_train.config import (
     CONFIG_DIR,
     ConfigError,
@@ -200,15 +203,48 @@ def test_deepspeed_config_derived_values():
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
-    assert "optimizer" not in ds  # the client's AdamW
-    sched = ds["scheduler"]
-    assert sched["type"] == "WarmupCosineLR"
-    assert sched["params"]["total_num_steps"] == cfg.optim.total_steps
-    assert sched["params"]["warmup_num_steps"] == cfg.optim.warmup_steps
+    o = cfg.optim  # DeepSpeed's own AdamW; the per-group weight decay comes with the groups
+    assert ds["optimizer"]["type"] == "AdamW"
+    assert ds["optimizer"]["params"] == {"lr": o.lr, "betas": list(o.betas), "eps": o.eps,
+                                         "weight_decay": o.weight_decay, "torch_adam": False}  # fmt: skip
+    assert "scheduler" not in ds  # the engine's WarmupCosine
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}  # bf16 + ZeRO: fp32 accumulation
     assert ds["steps_per_print"] >= 10**6 and ds["wall_clock_breakdown"] is False
-    tiny = deepspeed_config(load_config("tiny_cpu", ["optim.warmup_steps=0"]), 1)
-    assert tiny["scheduler"]["params"]["warmup_num_steps"] == 1  # DeepSpeed needs > 0
+    tiny = deepspeed_config(load_config("tiny_cpu"), 1, cpu=True)
     assert tiny["zero_optimization"] == {"stage": 0} and tiny["bf16"]["enabled"] is False
+    assert "data_types" not in tiny  # fp32: nothing to choose
+    # fp32 ZeRO-0: torch's fused AdamW (the engine's non-finite skip goes through it)
+    assert tiny["optimizer"]["params"]["torch_adam"] is True
+    assert tiny["optimizer"]["params"]["fused"] is True
+
+
+def test_warmup_cosine_schedule():
+    from rsfm_train.config import WarmupCosine
+
+    optim = load_config(
+        "tiny_cpu", ["optim.warmup_steps=4", "optim.total_steps=10", "optim.min_lr_ratio=0.1"]
+    ).optim
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = WarmupCosine(opt, optim)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[:3] == [0.5, 1.0, 1.5]  # step k of the warmup at k / 4: never at LR 0
+    assert lrs[3] == pytest.approx(2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi / 6)) / 2))
+    assert lrs[9:] == [pytest.approx(0.2)] * 3  # the floor from total_steps on
+    steps = sched.state_dict()
+    sched.step(hold=True)  # a skipped step holds the schedule
+    assert opt.param_groups[0]["lr"] == lrs[-1] + 0 and sched.state_dict() == steps
+    again = WarmupCosine(opt, optim)
+    again.load_state_dict(steps)
+    assert again.get_lr() == sched.get_lr()
+    # a checkpoint of DeepSpeed's WarmupCosineLR (the engine before): iteration k + 1 after
+    # k optimizer steps (it was stepped to 1 at the start)
+    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    old = WarmupCosine(fresh, optim)
+    old.load_state_dict({"last_batch_iteration": 3})
+    assert old.state_dict()["steps"] == 2 and fresh.param_groups[0]["lr"] == lrs[2]
 
 
 def test_deepspeed_extra_is_merged():
@@ -234,7 +270,7 @@ def test_deepspeed_accepts_the_generated_json():
         assert parsed.zero_optimization_stage == cfg.deepspeed.zero_stage
         assert parsed.bfloat16_config.enabled == cfg.deepspeed.bf16
         assert parsed.gradient_clipping == cfg.optim.grad_clip
-        assert parsed.scheduler_name == "WarmupCosineLR"
+        assert parsed.optimizer_name == "adamw" and parsed.scheduler_name is None
 
 
 def test_round_trip(tmp_path):

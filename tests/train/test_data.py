@@ -142,6 +142,30 @@ def test_epochs_reshuffle_and_seed_matters(shard_dir):
     assert _ids(make_loader(_cfg(shard_dir), seed=5, epochs=1)) != e0
 
 
+def test_shards_stream_through_a_bounded_shuffle_buffer():
+    """A group is shuffled through a buffer of ``data.shuffle_buffer`` samples: memory is
+    bounded by that, not by the shard size; every sample comes once; the order is a
+    function of the seed (a resumed stream replays it exactly)."""
+    import numpy as np
+    from rsfm_train.data.loader import _shuffle_buffer
+
+    held = []
+
+    def source(n):
+        for i in range(n):
+            held.append(i)
+            yield {"i": i}
+
+    out = []
+    for raw in _shuffle_buffer(source(1000), np.random.default_rng(0), 16):
+        out.append(raw["i"])
+        assert len(held) - len(out) <= 16  # samples read but not yet handed out
+    assert sorted(out) == list(range(1000)) and out != list(range(1000))
+    held.clear()
+    again = [r["i"] for r in _shuffle_buffer(source(1000), np.random.default_rng(0), 16)]
+    assert again == out
+
+
 # ---------------------------------------------------------------------------- resume
 
 

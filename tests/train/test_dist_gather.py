@@ -3,7 +3,9 @@
 Each rank's loss is ``world * local_sum / global_count`` and its gradients are what its
 backward produces; averaging both over ranks -- what DeepSpeed/DDP do with gradients --
 must give the loss and the gradient of the whole batch computed in one process. Ranks get
-unequal row counts (6 and 4) and unequal valid counts, and rank 1 lacks a modality.
+unequal row counts (6 and 4) and unequal valid counts, and rank 1 lacks a modality. The
+same with equal row counts (5 and 5) inside ``dist.equal_rows`` (the engine's static
+shapes: no row-count exchange; ``RSFM_CHECK_ROWS=1`` checks the promise on the device).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
@@ -68,19 +71,20 @@ def _run(proj, xa, xb, valid, maps, mvalid, tokens, assign):
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, port: int, out_dir: str, split: list[int], equal: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RSFM_CHECK_ROWS="1")
     torch_dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         xa, xb, valid, maps, mvalid, tokens = _data()
-        lo = sum(SPLIT[:rank])
-        sl = slice(lo, lo + SPLIT[rank])
+        lo = sum(split[:rank])
+        sl = slice(lo, lo + split[rank])
         maps = {m: x[sl] for m, x in maps.items()}
         mvalid = {m: v[sl] for m, v in mvalid.items()}
         if rank == 1:  # this rank's batch has no SAR at all
             del maps["s1"], mvalid["s1"]
         assign = torch.arange(tokens[sl].numel() // DOUT).reshape(-1, 5) % 4
-        res = _run(_projector(), xa[sl], xb[sl], valid[sl], maps, mvalid, tokens[sl], assign)
+        with dist.equal_rows(equal):
+            res = _run(_projector(), xa[sl], xb[sl], valid[sl], maps, mvalid, tokens[sl], assign)
         res["world"] = dist.world_size()
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -93,20 +97,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_equal_one_process(tmp_path):
+@pytest.mark.parametrize("split, equal", [(SPLIT, False), ([5, 5], True)])
+def test_two_ranks_equal_one_process(tmp_path, split, equal):
     xa, xb, valid, maps, mvalid, tokens = _data()
     # One process, global batch. Rank 1's missing SAR = SAR present but invalid there.
     mvalid_single = {m: v.clone() for m, v in mvalid.items()}
-    mvalid_single["s1"][SPLIT[0] :] = False
+    mvalid_single["s1"][split[0] :] = False
     assign = (
         torch.cat(
-            [torch.arange(SPLIT[0] * 5).reshape(-1, 5), torch.arange(SPLIT[1] * 5).reshape(-1, 5)]
+            [torch.arange(split[0] * 5).reshape(-1, 5), torch.arange(split[1] * 5).reshape(-1, 5)]
         )
         % 4
     )
     want = _run(_projector(), xa, xb, valid, maps, mvalid_single, tokens, assign)
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), split, equal), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert all(r["world"] == WORLD for r in ranks)
 

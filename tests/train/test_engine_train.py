@@ -173,7 +173,9 @@ def test_engine_nonfinite_step_is_skipped_and_counted(trainer, fault):
         assert_states_equal(a, state_copy(b))  # parameters, teacher and prototypes untouched
     assert_states_equal(opt0, _optimizer_state(trainer))  # Adam moments and step count too
     assert trainer.engine.global_steps == steps0 + 1  # DeepSpeed's counters moved on as usual
-    assert trainer.engine.skipped_steps == ds_skips0 + 1
+    # DeepSpeed counts the skips of its optimizer wrappers (bf16, ZeRO 1-3); on fp32 ZeRO-0
+    # the fused AdamW skips inside its kernel and the engine's state counts the skip
+    assert trainer.engine.skipped_steps == ds_skips0 + int(trainer.skips_in_deepspeed)
     assert trainer.engine.get_lr()[0] == lr0  # a skipped step does not advance the schedule
     rec = trainer.train_step(_next_pairs(trainer))  # the next clean step trains again
     assert rec["skipped"] == 0 and trainer.state.nonfinite_consecutive == 0
@@ -224,3 +226,80 @@ def test_engine_cli_parsers_pretrain_and_export(tmp_path, capsys):
     assert args.func(args) == 0
     assert load_pretrained(tmp_path / "model").config.dim == 32
     assert "done: step 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "stage, bf16", [(0, True), (1, False), (2, True), pytest.param(3, True, marks=pytest.mark.slow)]
+)
+def test_engine_nonfinite_skip_through_deepspeed_wrappers(tmp_path, stage, bf16):
+    """bf16 and ZeRO 1-3: the poisoned gradients make DeepSpeed's own optimizer wrapper
+    skip the step (its overflow path): nothing moves, DeepSpeed counts the skip and the
+    schedule holds; the next clean step trains."""
+    from rsfm_train.data import make_loader
+    from rsfm_train.engine import Trainer
+
+    from .engine_common import full_state
+
+    cfg = micro_config(tmp_path / "run", stage, deepspeed__bf16=bf16)
+    tr = Trainer(cfg, progress=False)
+    try:
+        assert tr.skips_in_deepspeed
+        tr.loader = make_loader(cfg, 0, 1)
+        tr.train_step(_next_pairs(tr))
+        before = (full_state(tr.student), state_copy(tr.teacher.module), _basic_state(tr))
+        lr0, skips0 = tr.engine.get_lr()[0], tr.engine.skipped_steps
+        tr.fault_hook = _nan_features
+        rec = tr.train_step(_next_pairs(tr))
+        tr.fault_hook = None
+        assert rec["skipped"] == 1 and tr.state.nonfinite_total == 1
+        after = (full_state(tr.student), state_copy(tr.teacher.module), _basic_state(tr))
+        for a, b in zip(before, after):
+            assert_states_equal(a, b)
+        assert tr.engine.skipped_steps == skips0 + 1 and tr.engine.get_lr()[0] == lr0
+        assert tr.train_step(_next_pairs(tr))["skipped"] == 0
+        assert tr.engine.get_lr()[0] != lr0
+        assert any(not torch.equal(before[0][k], v) for k, v in full_state(tr.student).items())
+    finally:
+        tr.close()
+
+
+def _basic_state(tr) -> dict[str, torch.Tensor]:
+    """The AdamW moments and step counts DeepSpeed's wrappers hold (their fp32 partition)."""
+    st = tr.engine.basic_optimizer.state.values()
+    return {
+        f"{i}.{k}": v.clone() for i, s in enumerate(st) for k, v in s.items() if torch.is_tensor(v)
+    }
+
+
+def test_engine_uses_deepspeeds_adamw_with_per_group_weight_decay(trainer):
+    opt = trainer.engine.basic_optimizer  # built by DeepSpeed from the JSON optimizer block
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]  # fp32 ZeRO-0: fused
+    assert [g["weight_decay"] for g in opt.param_groups] == [trainer.cfg.optim.weight_decay, 0.0]
+    names = {id(p): n for n, p in trainer.student.named_parameters()}
+    no_decay = [names[id(p)] for p in opt.param_groups[1]["params"]]
+    assert any(n.endswith(".bias") for n in no_decay) and any("norm" in n for n in no_decay)
+    assert all(p.ndim >= 2 for p in opt.param_groups[0]["params"])
+    # no gradient hooks on the student's parameters (the non-finite check needs none)
+    assert not any(p._backward_hooks for p in trainer.student.parameters())
+
+
+def test_engine_fit_reads_metrics_once_per_logging_window(tmp_path):
+    """fit leaves each step's metrics on the device and reads them at every log_every-th
+    step and at the end (one read per window), still writing one record per step."""
+    from rsfm_train.data import make_loader
+    from rsfm_train.engine import Trainer
+
+    cfg = micro_config(tmp_path / "run", 0, run__log_every=3)
+    tr = Trainer(cfg, progress=False)
+    reads = []
+    inner = tr._records
+    tr._records = lambda pending: reads.append(len(pending)) or inner(pending)
+    try:
+        tr.fit(make_loader(cfg, 0, 1), max_steps=4)
+    finally:
+        tr.close()
+    assert reads == [3, 1]  # steps 1-3 at step 3, step 4 at the end
+    recs = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["samples"] == 2 for r in recs)
+    assert recs[0]["step_time_s"] == recs[2]["step_time_s"]  # the window's mean

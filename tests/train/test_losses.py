@@ -246,11 +246,16 @@ def test_cross_modal_skips():
     feats, valid = _modal_case()
     one = cross_modal_loss({"s2": feats["s2"]}, valid)
     assert one.skipped and one.loss.item() == 0.0 and not one.loss.requires_grad
+    # No shared valid location: decided on the device (no host read), the term is a zero
+    # that still reaches the features (zero gradient), and no pair counts.
     none_shared = {"s2": valid["s2"], "s1": ~valid["s2"]}
-    assert cross_modal_loss(feats, none_shared).skipped
+    out = cross_modal_loss(feats, none_shared)
+    assert not out.skipped and out.n_pairs == 0 and out.loss.item() == 0.0
+    out.loss.backward()
+    assert all(torch.equal(f.grad, torch.zeros_like(f)) for f in feats.values())
     # Modality names from the config: a missing one contributes no pair.
     only = cross_modal_loss({"s2": feats["s2"]}, valid, modalities=["s1", "s2"])
-    assert only.skipped
+    assert only.n_pairs == 0 and only.loss.item() == 0.0
 
 
 def test_cross_modal_three_modalities_average_pairs():

@@ -11,8 +11,9 @@ the data and runs through epochs on its own, forever (training counts steps, not
 ``epochs=`` stops after that many, for evaluation and tests).
 
 - Shards: in epoch e the shard list is permuted by ``(seed, e)`` and stream s takes every
-  S-th shard. Its shards are read in groups of ``data.shuffle_shards``; the samples of a
-  group are the shuffle buffer, emitted in a permutation seeded by ``(seed, e, s, group)``.
+  S-th shard. Its shards are read in groups of ``data.shuffle_shards``, streamed through a
+  shuffle buffer of ``data.shuffle_buffer`` samples (:func:`_shuffle_buffer`, draws seeded
+  by ``(seed, e, s, group)``): memory is bounded by the buffer, not the shard size.
 - Synthetic: sample i (scene seed derived from ``(seed, i)``) belongs to stream ``i % S``
   and each epoch visits that stream's samples in a permutation seeded by ``(seed, e, s)``.
   A stream keeps the scenes it made (up to ``data.synthetic_cache_mb``): after the first
@@ -59,7 +60,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from rsfm_core.sample import ModalityData
 
 from ..config import PretrainConfig
-from .shards import CorruptSample, ShardList, decode_sample, read_shards, resolve_shards
+from .shards import CorruptSample, ShardList, decode_sample, iter_shards, resolve_shards
 from .views import SampleViews, ViewPair, ViewSpec, collate_views, make_views
 
 log = logging.getLogger("rsfm_train")
@@ -216,8 +217,11 @@ class SyntheticSource:
 class ShardSource:
     """Samples of webdataset shards, shuffled within groups of ``group`` shards."""
 
-    def __init__(self, shards: ShardList, seed: int, group: int, max_corrupt: int) -> None:
+    def __init__(
+        self, shards: ShardList, seed: int, group: int, max_corrupt: int, buffer: int = 256
+    ) -> None:
         self.urls, self.seed, self.group, self.max_corrupt = shards.urls, seed, group, max_corrupt
+        self.buffer = buffer
 
     def epoch_shards(self, stream: int, n_streams: int, epoch: int) -> list[str]:
         perm = _rng(self.seed, "shards", epoch).permutation(len(self.urls))
@@ -258,13 +262,18 @@ class ShardSource:
                     "--samples-per-shard) or use fewer workers"
                 )
             for g in range(first, len(mine), self.group):
-                raws, errors = read_shards(mine[g : g + self.group])
                 shards = ",".join(mine[g : g + self.group])
-                for e in errors:  # a known one (resumed or later epoch) is not counted again
-                    self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
-                order = _rng(self.seed, "shuffle", epoch, stream, g).permutation(len(raws))
-                for j in range(skip, len(raws)):
-                    raw = raws[order[j]]
+                errors: list[Exception] = []
+                rng = _rng(self.seed, "shuffle", epoch, stream, g)
+                emitted = _last_flag(
+                    _shuffle_buffer(iter_shards(mine[g : g + self.group], errors), rng, self.buffer)
+                )
+                for j, (raw, last) in enumerate(emitted):
+                    while errors:  # a known one (resumed or later epoch) is not counted again
+                        e = errors.pop(0)
+                        self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
+                    if j < skip:  # resuming inside this group: replayed, not decoded
+                        continue
                     ident = f"{raw.get('__url__')}#{raw.get('__key__')}"
                     if ident in pos.bad:  # met before (an earlier epoch): skip quietly
                         continue
@@ -273,10 +282,42 @@ class ShardSource:
                     except CorruptSample as e:
                         self._corrupt(pos, stream, ident, f"{ident}: {e}")
                         continue
-                    after = self._next(epoch, g, j + 1, len(raws), len(mine))
+                    after = self._next(epoch, g, j + 1, j + 1 if last else j + 2, len(mine))
                     yield raw["__key__"], epoch, sample, pos.moved(*after)
+                for e in errors:  # errors after the group's last sample
+                    self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
                 skip = 0
             epoch, first = epoch + 1, 0
+
+
+def _shuffle_buffer(raws: Iterator[dict], rng: np.random.Generator, size: int) -> Iterator[dict]:
+    """``raws`` in a shuffled order, holding at most ``size`` samples: once the buffer is
+    full each new sample replaces a randomly drawn one, which is emitted; the rest drain
+    in random order at the end. Deterministic given the input order and ``rng`` (so a
+    resumed stream replays a group's emission order exactly)."""
+    buf: list[dict] = []
+    for raw in raws:
+        if len(buf) < size:
+            buf.append(raw)
+            continue
+        i = int(rng.integers(len(buf)))
+        out, buf[i] = buf[i], raw
+        yield out
+    for i in rng.permutation(len(buf)):
+        yield buf[i]
+
+
+def _last_flag(items: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
+    """``(item, is_last)`` for each item (one item of look-ahead)."""
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for item in it:
+        yield prev, False
+        prev = item
+    yield prev, True
 
 
 @dataclass
@@ -469,8 +510,8 @@ def _check_data(cfg: PretrainConfig) -> None:
         ),
         (0.0 < d.min_overlap <= 1.0, "data.min_overlap must be in (0, 1]"),
         (
-            d.shuffle_shards >= 1 and d.max_corrupt >= 0,
-            "data.shuffle_shards >= 1 and data.max_corrupt >= 0",
+            d.shuffle_shards >= 1 and d.max_corrupt >= 0 and d.shuffle_buffer >= 1,
+            "data.shuffle_shards >= 1, data.shuffle_buffer >= 1 and data.max_corrupt >= 0",
         ),
         (
             d.workers >= 0 and d.synthetic_samples >= 1,
@@ -555,7 +596,7 @@ def _mixed(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]], seed: int) 
             # every source shuffles with its own key, so adding one leaves the others' order
             src = ShardSource(
                 resolve_shards(e.shards), seed + 7919 * (i + 1), cfg.data.shuffle_shards,
-                cfg.data.max_corrupt,
+                cfg.data.max_corrupt, cfg.data.shuffle_buffer,
             )  # fmt: skip
         parts.append((src, spec))
         weights.append(e.weight)
@@ -609,7 +650,11 @@ def make_loader(
         source = _mixed(cfg, mods, seed)
     else:
         source = ShardSource(
-            resolve_shards(cfg.data.shards), seed, cfg.data.shuffle_shards, cfg.data.max_corrupt
+            resolve_shards(cfg.data.shards),
+            seed,
+            cfg.data.shuffle_shards,
+            cfg.data.max_corrupt,
+            cfg.data.shuffle_buffer,
         )
     for part in source.parts if isinstance(source, MixedSource) else [(source, spec)]:
         _check_streams(part[0], world_size * W)

@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +211,20 @@ def resolve_shards(spec: str) -> ShardList:
     if not urls:
         raise FileNotFoundError(f"no shards match {spec!r}")
     return ShardList(urls)
+
+
+def iter_shards(urls: list[str], errors: list[Exception]) -> Iterator[dict]:
+    """Every raw sample of ``urls`` in tar order, streamed (one sample in memory at a
+    time); tar-level errors are appended to ``errors`` as they are met (a truncated file
+    or bad header ends that shard; the samples before it are kept)."""
+    import webdataset as wds
+
+    def handler(e: Exception) -> bool:
+        errors.append(e)
+        return True  # go on with the next shard
+
+    pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+    yield from pipe
 
 
 def read_shards(urls: list[str]) -> tuple[list[dict], list[Exception]]:
