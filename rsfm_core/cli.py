@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from rsfm_core.cliutil import run_command
+
 # (module, function) adding one subcommand each, in the order --help lists them.
 SUBCOMMANDS = (
     ("rsfm_core.cli", "add_info_parser"),
@@ -35,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every error is one line on stderr with exit code 2 (usage
+    errors from argparse too); ``RSFM_TRACEBACK=1`` shows tracebacks instead."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(f"rsfm {args.cmd}", args.func, args)
 
 
 def add_info_parser(sub) -> None:
