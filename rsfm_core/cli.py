@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from rsfm_core.cliutil import run_command
+from rsfm_core.cliutil import passive_openmp, run_command
 
 # (module, function) adding one subcommand each, in the order --help lists them.
 SUBCOMMANDS = (
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; every error is one line on stderr with exit code 2 (usage
     errors from argparse too); ``RSFM_TRACEBACK=1`` shows tracebacks instead."""
     args = build_parser().parse_args(argv)
+    passive_openmp()  # before any handler loads torch (docs/performance.md, threads)
     return run_command(f"rsfm {args.cmd}", args.func, args)
 
 

@@ -55,9 +55,33 @@ def error_line(e: BaseException) -> str:
     return flag_words(msg)
 
 
+def one_line_warnings(prog: str):
+    """A ``warnings.showwarning`` printing ``PROG: warning: MESSAGE`` (no file:line, the
+    CLI's flag names), each distinct message once."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = flag_words(" ".join(str(message).split()))
+        if text in seen:
+            return
+        seen.add(text)
+        print(f"{prog}: warning: {text}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def run_command(prog: str, func, args) -> int:
     """``func(args)`` as an exit code: exceptions become one line on stderr and exit
-    code 2 (130 on Ctrl-C); ``RSFM_TRACEBACK=1`` re-raises them instead."""
+    code 2 (130 on Ctrl-C); ``RSFM_TRACEBACK=1`` re-raises them instead. Warnings are
+    printed as one line each, once (:func:`one_line_warnings`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warnings(prog)
+        return _run(prog, func, args)
+
+
+def _run(prog: str, func, args) -> int:
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
@@ -105,10 +129,17 @@ def _cgroup_quota() -> float | None:
         return None
 
 
-def choose_threads(workers: int = 0, environ=None) -> tuple[int, str]:
+def choose_threads(workers: int = 0, environ=None, load: int | None = None) -> tuple[int, str]:
     """Intra-op threads for this process and why: ``RSFM_THREADS`` if set, else
-    ``OMP_NUM_THREADS`` if set, else the available cores minus ``workers`` data-loader
-    processes (one thread each), at least 1."""
+    ``OMP_NUM_THREADS`` if set, else the available cores (:func:`available_cores`) less
+    those other processes keep busy (``load``; default from the load average,
+    :func:`_busy_cores`), shared by the ``LOCAL_WORLD_SIZE`` processes of this machine
+    (torchrun sets it), minus this process's ``workers`` data-loader processes (one
+    thread each); at least 1.
+
+    Why: a parallel region ends when its slowest thread does. With more threads than free
+    cores, one thread waits for the scheduler and the others wait for it; measured in
+    docs/performance.md ("Threads under load")."""
     env = os.environ if environ is None else environ
     for var in ("RSFM_THREADS", "OMP_NUM_THREADS"):
         value = env.get(var, "").strip()
@@ -121,25 +152,51 @@ def choose_threads(workers: int = 0, environ=None) -> tuple[int, str]:
                 raise ValueError(f"{var}={value!r}: expected at least 1 thread")
             return n, f"{var}={n}"
     cores, how = available_cores()
-    n = max(1, cores - max(0, workers))
-    return n, f"{cores} cores available ({how}) - {max(0, workers)} data workers"
+    busy = _busy_cores(cores) if load is None else load
+    local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+    workers = max(0, workers)
+    n = max(1, (cores - busy) // local - workers)
+    why = f"{cores} cores available ({how})"
+    if busy:
+        why += f" - {busy} busy with other processes (load average)"
+    if local > 1:
+        why += f" / {local} processes"
+    return n, f"{why} - {workers} data workers"
 
 
-def setup_threads(workers: int = 0, quiet: bool = False) -> int:
-    """Set torch's intra-op threads for a computing command (see :func:`choose_threads`),
-    make OpenMP wait passively (unless ``OMP_WAIT_POLICY`` is set: busy-waiting threads
-    fight data workers and other jobs for the cores), log the choice; returns it.
-    Override with ``RSFM_THREADS=N`` (or ``OMP_NUM_THREADS``)."""
-    n, why = choose_threads(workers)
-    # Read by OpenMP when its runtime starts (torch's first parallel region): set it
-    # before any computation. An already-running pool keeps its policy.
+def _busy_cores(cores: int) -> int:
+    """Cores kept busy by other processes, from the 1-minute load average: only when this
+    process sees the whole machine (no affinity mask or quota: then the host's load is
+    not ours to count), and never all of them."""
+    if cores != (os.cpu_count() or cores):
+        return 0
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 0
+    return min(cores - 1, int(load + 0.5))
+
+
+def passive_openmp() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``)
+    unless the user set a policy. GNU OpenMP reads it when torch loads it: call before
+    ``import torch`` (``rsfm`` does, before any command runs; subprocesses inherit it)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def setup_threads(workers: int = 0) -> int:
+    """Set torch's intra-op threads for a computing command (see :func:`choose_threads`),
+    log the choice and the OpenMP wait policy; returns the thread count. Override with
+    ``RSFM_THREADS=N`` (or ``OMP_NUM_THREADS``)."""
+    n, why = choose_threads(workers)
+    late = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+    passive_openmp()
     import torch
 
     torch.set_num_threads(n)
-    msg = f"threads: {n} intra-op ({why}; RSFM_THREADS=N overrides)"
-    if quiet:
-        log.debug(msg)
-    else:
-        log.info(msg)
+    policy = "default (torch was loaded first)" if late else os.environ["OMP_WAIT_POLICY"]
+    log.info(
+        "threads: %d intra-op (%s; RSFM_THREADS=N overrides), OpenMP wait policy %s",
+        n, why, policy,
+    )  # fmt: skip
     return n

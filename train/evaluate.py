@@ -310,6 +310,10 @@ def run_eval(args) -> int:
     import sys
     from pathlib import Path
 
+    from rsfm_core.cliutil import setup_threads
+
+    setup_threads(workers=0)  # RSFM_THREADS=N overrides
+
     if args.real:
         from rsfm_train.evalreal.cli import run_real
 

@@ -132,7 +132,30 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_logs() -> None:
+    """What a pretraining run need not print: one INFO line per synthetic scene (the
+    data source renders them by the hundred; DEBUG keeps them) and DeepSpeed's warning
+    that the LR scheduler was read before its first step (its engine reads it once at
+    start-up: every run printed it, harmlessly)."""
+    logging.getLogger("rsfm_core.synthetic").setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").addFilter(
+        _DropMessage("learning rate from scheduler before it has started")
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
+    from rsfm_core.cliutil import passive_openmp, setup_threads
+
+    passive_openmp()  # before torch loads (python -m rsfm_train.pretrain comes here first)
     from rsfm_core.files import LockedError, NoSpaceError
 
     from .checkpoint import CheckpointError
@@ -141,11 +164,13 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_logs()
     overrides = list(args.overrides)
     if args.resume or args.resume_from:
         overrides.append(f"run.resume={args.resume_from or 'auto'}")
     try:
         cfg = load_config(args.config, overrides)
+        setup_threads(cfg.data.workers)
         state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
     except (ConfigError, CheckpointError, LockedError, NoSpaceError, FileNotFoundError) as e:
         print(f"rsfm pretrain: error: {e}", file=sys.stderr)  # what to do, no traceback

@@ -158,7 +158,9 @@ def _options(args, manifest_options: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsfm_core.cliutil import error_line
+    from rsfm_core.cliutil import error_line, setup_threads
+
+    setup_threads(workers=0)  # tiles are read by this process (RSFM_THREADS=N overrides)
     from rsfm_core.files import LockedError, NoSpaceError
     from rsfm_core.inference import CheckpointError, Embedder, EmbedOptions, RasterError
     from rsfm_core.inference.run import Interrupted

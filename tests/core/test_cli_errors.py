@@ -99,3 +99,34 @@ def test_l1c_file_as_l2a_with_a_skipped_band(tmp_path, capsys):
     assert "pass --bands" in line and "bands=" not in line and "'-'" in line
     assert cli.main([*base, "--bands", f"s2={L1C_AS_L2A}", "--out", str(tmp_path / "b.tif")]) == 0
     assert (tmp_path / "b.tif").is_file()
+
+
+def test_warnings_are_one_line_each_once(capsys):
+    import warnings
+
+    def warn_twice(args):
+        for _ in range(2):
+            warnings.warn("f.tif: pass bands=[...] to be sure", UserWarning, stacklevel=1)
+        return 0
+
+    assert cliutil.run_command("rsfm x", warn_twice, None) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("rsfm x: warning: f.tif: pass --bands to be sure"), err
+    assert err.count("\n") == 1 and ".py:" not in err
+
+
+def test_pretrain_quiets_scene_lines_and_the_deepspeed_scheduler_warning():
+    import logging
+
+    from rsfm_train.pretrain import quiet_logs
+
+    quiet_logs()
+    assert not logging.getLogger("rsfm_core.synthetic.scene").isEnabledFor(logging.INFO)
+    ds = logging.getLogger("DeepSpeed")
+    rec = ds.makeRecord(
+        "DeepSpeed", logging.WARNING, "f", 1,
+        "Attempting to get learning rate from scheduler before it has started", None, None,
+    )  # fmt: skip
+    assert not ds.filter(rec)
+    rec.msg = "something else"
+    assert ds.filter(rec)
