@@ -29,8 +29,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="end-to-end demo on a synthetic scene",
-        description="Run the demo on an embedded default: write a synthetic Sentinel-2 + "
-        "Sentinel-1 scene as GeoTIFFs and read it back through rsfm's reader.",
+        description="Run the end-to-end demo on an embedded default, in steps: (1) print "
+        "the environment (rsfm info); (2) write a synthetic Sentinel-2 + Sentinel-1 scene as "
+        "GeoTIFFs and read it back through rsfm's reader; (3) pretrain rsfm_tiny on the CPU "
+        "for --pretrain-steps steps (rsfm pretrain --config tiny_cpu); (4) export it "
+        f"(rsfm export); (5) embed the scene with the shipped {SHIPPED} checkpoint (dense "
+        "COG, GeoParquet, npz); (6) frozen linear probe and S1->S2 retrieval of the demo's "
+        "model, the shipped one and a random init (rsfm eval). --pretrain-steps 0 stops "
+        "after step 2. Everything is written under --out.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -68,7 +68,8 @@ def add_parser(sub) -> None:
     opt("--tile", type=int, help="tile side in px, a multiple of the token (default 256)")
     opt("--overlap", type=int, help="tile overlap in px, a multiple of the token (default 32)")
     opt("--batch", type=int, help="tiles per forward pass (default 8)")
-    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16)")
+    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16; "
+        "rasterio reads float16 files back as float32: same values, twice the memory)")  # fmt: skip
     opt("--chip", type=int, help="GeoParquet chip side in px (default: the tile)")
     opt("--resolution", choices=("token", "pixel"), help="COG grid (default token)")
     opt("--positions", choices=("tile", "global"), help="position frame (default tile)")
