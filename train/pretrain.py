@@ -152,10 +152,43 @@ def quiet_logs() -> None:
     )
 
 
+def _cpu_accelerator_without_gpu() -> None:
+    """No CUDA device: name DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``, unless
+    set) rather than let it warn on every run that it fell back to the CPU."""
+    import os
+
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and torch.cuda.device_count() == 0:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def skip_shm_op_when_alone() -> bool:
+    """One process (no ``WORLD_SIZE`` > 1): tell DeepSpeed its shared-memory collective
+    op is unavailable, so that it neither JIT-compiles it (g++ + ninja, 2-3 min on first
+    use, silently) nor uses it; one rank has nothing to reduce across. Several processes
+    keep it (README: what the build needs). Returns whether it was skipped."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return False
+    try:
+        import deepspeed.ops as ops
+
+        compatible = ops.__compatible_ops__  # DeepSpeed keeps and reads this one dict
+    except (ImportError, AttributeError):
+        return False
+    if not isinstance(compatible, dict):
+        return False
+    compatible["deepspeed_shm_comm"] = False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     from rsfm_core.cliutil import passive_openmp, setup_threads
 
     passive_openmp()  # before torch loads (python -m rsfm_train.pretrain comes here first)
+    _cpu_accelerator_without_gpu()
     from rsfm_core.files import LockedError, NoSpaceError
 
     from .checkpoint import CheckpointError
@@ -171,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         setup_threads(cfg.data.workers)
+        skip_shm_op_when_alone()
         state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
     except (ConfigError, CheckpointError, LockedError, NoSpaceError, FileNotFoundError) as e:
         print(f"rsfm pretrain: error: {e}", file=sys.stderr)  # what to do, no traceback

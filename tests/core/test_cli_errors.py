@@ -113,20 +113,3 @@ def test_warnings_are_one_line_each_once(capsys):
     err = capsys.readouterr().err
     assert err.startswith("rsfm x: warning: f.tif: pass --bands to be sure"), err
     assert err.count("\n") == 1 and ".py:" not in err
-
-
-def test_pretrain_quiets_scene_lines_and_the_deepspeed_scheduler_warning():
-    import logging
-
-    from rsfm_train.pretrain import quiet_logs
-
-    quiet_logs()
-    assert not logging.getLogger("rsfm_core.synthetic.scene").isEnabledFor(logging.INFO)
-    ds = logging.getLogger("DeepSpeed")
-    rec = ds.makeRecord(
-        "DeepSpeed", logging.WARNING, "f", 1,
-        "Attempting to get learning rate from scheduler before it has started", None, None,
-    )  # fmt: skip
-    assert not ds.filter(rec)
-    rec.msg = "something else"
-    assert ds.filter(rec)
