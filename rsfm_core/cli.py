@@ -26,10 +26,16 @@ SUBCOMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``rsfm embed: error: ...; see rsfm embed --help``) and
+    exit code 2, like every other error of the command; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rsfm", description="rsfm: multimodal remote-sensing foundation model"
-    )
+    p = _Parser(prog="rsfm", description="rsfm: multimodal remote-sensing foundation model")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for mod, fn in SUBCOMMANDS:
         getattr(importlib.import_module(mod), fn)(sub)

@@ -355,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(p)
-    return run_eval(p.parse_args(argv))
+    args = p.parse_args(argv)
+    from rsfm_core.cliutil import run_command
+
+    return run_command("python -m rsfm_train.evaluate", run_eval, args)  # one-line errors
 
 
 if __name__ == "__main__":

@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd")
     add_pretrain_parser(sub).prog = "python -m rsfm_train.pretrain"
     args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    from rsfm_core.cliutil import run_command
+
+    return run_command("python -m rsfm_train.pretrain", args.func, args)  # one-line errors
 
 
 if __name__ == "__main__":

@@ -113,3 +113,19 @@ def test_warnings_are_one_line_each_once(capsys):
     err = capsys.readouterr().err
     assert err.startswith("rsfm x: warning: f.tif: pass --bands to be sure"), err
     assert err.count("\n") == 1 and ".py:" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["no-such-command"], "rsfm: error: argument COMMAND: invalid choice"),
+        (["embed", "--dtype", "float8"], "rsfm embed: error: argument --dtype: invalid choice"),
+        (["synth"], "rsfm synth: error: the following arguments are required: --out"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(argv, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expect) and err.count("\n") == 1, err
