@@ -5,13 +5,16 @@ one subprocess each), unless an HTML comment on the line above says why not:
     <!-- docs-test: needs sen1floods11 -->     shared real data sets (skip when absent)
     <!-- docs-test: slow -->                   runs only with -m slow
 
-Shell blocks are not run here (they drive training and the CLI: tests/core/test_cli.py,
-tests/train)."""
+Shell blocks are not run (they train, download, take minutes): every `rsfm ...` command
+in them is parsed by the real `rsfm` parser instead, so a renamed or removed flag or
+subcommand in the docs fails here; what the commands do is tested in tests/core and
+tests/train."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +75,31 @@ def test_block_runs(code, marker, tmp_path):
         timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"the block failed:\n{code}\n--- stderr ---\n{r.stderr[-3000:]}"
+
+
+SHELL = re.compile(r"^```(?:bash|sh)\n(.*?)^```", re.M | re.S)
+RSFM = re.compile(r"(?:^|&&|;|\s)rsfm\s+(.*?)(?=\s+&&|\s*;|$)")
+
+
+def rsfm_commands() -> list:
+    out = []
+    for f in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = f.read_text(encoding="utf-8")
+        for m in SHELL.finditer(text):
+            line0 = text[: m.start(1)].count("\n") + 1
+            code = m.group(1).replace("\\\n", " ")
+            for i, line in enumerate(code.splitlines()):
+                line = line.split(" #")[0].strip()
+                for c in RSFM.finditer(line):
+                    out.append(pytest.param(c.group(1), id=f"{f.relative_to(REPO)}:{line0 + i}"))
+    return out
+
+
+@pytest.mark.parametrize("args", rsfm_commands())
+def test_shell_block_rsfm_command_parses(args, capsys):
+    from rsfm_core import cli
+
+    try:
+        cli.build_parser().parse_args(shlex.split(args))
+    except SystemExit:
+        pytest.fail(f"rsfm {args}: {capsys.readouterr().err.strip()}")
