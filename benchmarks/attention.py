@@ -349,14 +349,14 @@ def dispatch_cost(repeats: int = 5000, rounds: int = 7) -> dict:
     dispatch = C.import_kernels("rsfm_kernels.dispatch")
     q = k = v = torch.randn(1, 1, 4, 8)
     mask = torch.ones(1, 4, dtype=torch.bool)
-    inputs = {"q": q, "k": k, "v": v, "key_padding_mask": mask}
-    rk.attention(q, k, v, key_padding_mask=mask)  # fill the cache
+    inputs = {"q": q, "k": k, "v": v, "key_valid": mask}
+    rk.attention(q, k, v, key_valid=mask)  # fill the cache
     name = A._choose(A._dispatch_key(q, k, v, mask, None))
     real = A._FNS[name]
     A._FNS[name] = lambda q, k, v, **kw: q
     try:
         variants = {
-            "cached": lambda: rk.attention(q, k, v, key_padding_mask=mask),
+            "cached": lambda: rk.attention(q, k, v, key_valid=mask),
             "select every call": lambda: dispatch.select("attention", inputs, None),
         }
         best = {n: float("inf") for n in variants}

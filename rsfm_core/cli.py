@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from rsfm_core.cliutil import passive_openmp, run_command
+
 # (module, function) adding one subcommand each, in the order --help lists them.
 SUBCOMMANDS = (
     ("rsfm_core.cli", "add_info_parser"),
@@ -24,10 +26,16 @@ SUBCOMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``rsfm embed: error: ...; see rsfm embed --help``) and
+    exit code 2, like every other error of the command; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rsfm", description="rsfm: multimodal remote-sensing foundation model"
-    )
+    p = _Parser(prog="rsfm", description="rsfm: multimodal remote-sensing foundation model")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for mod, fn in SUBCOMMANDS:
         getattr(importlib.import_module(mod), fn)(sub)
@@ -35,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every error is one line on stderr with exit code 2 (usage
+    errors from argparse too); ``RSFM_TRACEBACK=1`` shows tracebacks instead."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    passive_openmp()  # before any handler loads torch (docs/performance.md, threads)
+    return run_command(f"rsfm {args.cmd}", args.func, args)
 
 
 def add_info_parser(sub) -> None:

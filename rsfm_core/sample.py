@@ -132,6 +132,87 @@ class ModalityData:
         if d.dtype != torch.int64:
             self.dates = d.to(torch.int64)
 
+    @classmethod
+    def from_numpy(
+        cls,
+        pixels,
+        sensor,
+        dates: Sequence,
+        bands: Sequence[str] | None = None,
+        valid=None,
+        *,
+        raw: bool = False,
+        transform: Sequence[float] | None = None,
+        crs: str | None = None,
+    ) -> ModalityData:
+        """An unbatched modality from in-memory arrays (a .mat cube, a numpy time series):
+
+        - ``pixels`` ``[T, C, H, W]`` (or ``[C, H, W]`` for one date), physical units (reflectance 0..1, SAR in dB) unless
+          ``raw=True`` (file values: the sensor's scale/offset, and dB for linear SAR,
+          are applied);
+        - ``sensor``: a registry name or a :class:`rsfm_core.sensors.Sensor` (registered
+          here if its name is new: the model looks sensors up by name);
+        - ``dates``: one per time step (ISO strings, dates or days since 1970);
+        - ``bands``: names of the C channels in array order (default: all the sensor's
+          bands, in its order); a subset of the sensor's bands is fine. Channels are
+          put in the sensor's order;
+        - ``valid`` ``[T, H, W]`` bool (default: pixels whose bands are all finite);
+          invalid pixels are set to 0;
+        - ``transform``: rasterio's affine ``(a, b, c, d, e, f)`` (``x = a*col + b*row +
+          c``, ``y = d*col + e*row + f``; GDAL's GetGeoTransform lists them as ``(c, a,
+          b, f, d, e)``) and ``crs`` (e.g. "EPSG:32632"): the ground grid; without them
+          ``grid`` is None and outputs are not georeferenced."""
+        import numpy as np
+
+        from . import sensors as _sensors
+
+        if isinstance(sensor, _sensors.Sensor):
+            if sensor.name not in _sensors.names():
+                _sensors.register(sensor)
+            elif _sensors.get(sensor.name) != sensor:
+                raise ValueError(
+                    f"from_numpy: another sensor is registered as {sensor.name!r}; give yours "
+                    "a new name (or register it with overwrite=True)"
+                )
+        sen = _sensors.get(sensor)
+        x = np.asarray(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ValueError(
+                f"from_numpy: pixels must be [T, C, H, W] or [C, H, W], got shape {x.shape}"
+            )
+        names = list(sen.band_names) if bands is None else [sen.resolve(b) for b in bands]
+        if len(names) != x.shape[1]:
+            raise ValueError(
+                f"from_numpy: pixels have {x.shape[1]} channels but {len(names)} band names "
+                f"({', '.join(names)}); give bands= in the array's channel order"
+            )
+        order = sorted(range(len(names)), key=lambda i: sen.indices([names[i]])[0])
+        x = x[:, order]
+        names = [names[i] for i in order]
+        x = sen.to_physical(x) if raw else x.astype(np.float32)
+        ok = np.isfinite(x).all(axis=1)  # [T, H, W]
+        if valid is not None:
+            v = np.asarray(valid, dtype=bool)
+            v = v[None] if v.ndim == 2 else v
+            if v.shape != ok.shape:
+                raise ValueError(f"from_numpy: valid must be {ok.shape} ([T, H, W]), got {v.shape}")
+            ok &= v
+        x = np.where(ok[:, None], x, np.float32(0.0))
+        if len(dates) != x.shape[0]:
+            raise ValueError(
+                f"from_numpy: {x.shape[0]} time steps but {len(dates)} dates; give one date each"
+            )
+        days = torch.tensor([to_days(d) for d in dates], dtype=torch.int64)
+        grid = None
+        if transform is not None:
+            t = tuple(float(v) for v in tuple(transform)[:6])
+            if len(t) != 6:
+                raise ValueError(f"from_numpy: transform needs 6 coefficients, got {transform!r}")
+            grid = Grid(crs, t, int(x.shape[2]), int(x.shape[3]))
+        return cls(torch.from_numpy(x), torch.from_numpy(ok), days, sen.name, tuple(names), grid)
+
     @property
     def batched(self) -> bool:
         return self.pixels.dim() == 5

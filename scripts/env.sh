@@ -21,7 +21,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if [ "${RSFM_KEEP_TORCH:-0}" != "1" ]; then
     "$venv/bin/python" -m pip install -q "torch==2.13.0"
   fi
-  "$venv/bin/python" -m pip install -q -e "$root[dev,train,data]"
+  # setuptools warns on every editable install that folders named like a package may
+  # shadow it on imports: the layout is deliberate (setup.py), so the note is dropped.
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$venv/bin/python" -m pip install -q -e "$root[dev,train,data]"
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

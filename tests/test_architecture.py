@@ -26,7 +26,14 @@ ROOTS = {
 
 # rsfm_core's stages, lowest first: a module may import its own stage and those before it.
 CORE_LAYERS = [
-    {"rsfm_core", "rsfm_core.lazy", "rsfm_core.sensors", "rsfm_core.sample", "rsfm_core.files"},
+    {
+        "rsfm_core",
+        "rsfm_core.lazy",
+        "rsfm_core.sensors",
+        "rsfm_core.sample",
+        "rsfm_core.files",
+        "rsfm_core.cliutil",
+    },
     {"rsfm_core.io"},
     {"rsfm_core.synthetic", "rsfm_core.model"},
     {"rsfm_core.inference"},

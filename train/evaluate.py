@@ -21,13 +21,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from rsfm_train.evalreal.cli import EXAMPLE as REAL_EXAMPLE
 from rsfm_train.evalreal.cli import add_real_arguments
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# numpy and torch are imported inside the functions: `rsfm eval --help` stays fast.
 log = logging.getLogger("rsfm_train")
 
 DEFAULT_SENSORS = {"s2": "sentinel2_l2a", "s1": "sentinel1_grd"}
@@ -52,6 +55,8 @@ def make_eval_scenes(
 ) -> list[LabelledScene]:
     """``n`` synthetic scenes of ``size`` px at distinct places (seed ``seed + i``, origins
     ``size`` * 10 m * 4 apart) with their land-cover labels."""
+    import numpy as np
+
     from rsfm_core import synthetic
 
     sensors = dict(sensors or DEFAULT_SENSORS)
@@ -70,6 +75,8 @@ def make_eval_scenes(
 def token_labels(labels: np.ndarray, patch: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Majority class ``(h, w)`` of each ``patch x patch`` block and its purity (the
     majority's share, 0..1). Ties go to the smaller class id."""
+    import numpy as np
+
     H, W = labels.shape
     h, w = H // patch, W // patch
     blocks = labels[: h * patch, : w * patch].reshape(h, patch, w, patch).transpose(0, 2, 1, 3)
@@ -89,11 +96,19 @@ class TokenEmbeddings:
     scene: torch.Tensor  # (N,) scene index
 
 
-@torch.no_grad()
 def embed_scenes(
     encoder: torch.nn.Module, scenes: Sequence[LabelledScene], batch: int = 4
 ) -> TokenEmbeddings:
     """Run the frozen ``encoder`` on whole scenes (all dates) and flatten valid tokens."""
+    import torch
+
+    with torch.no_grad():
+        return _embed_scenes(encoder, scenes, batch)
+
+
+def _embed_scenes(encoder, scenes: Sequence[LabelledScene], batch: int) -> TokenEmbeddings:
+    import torch
+
     from rsfm_core.sample import collate
 
     was_training = encoder.training
@@ -142,6 +157,9 @@ def linear_probe(
 ) -> float:
     """Test accuracy of multinomial logistic regression fit by L-BFGS on standardised
     features (train statistics), with an L2 penalty ``l2`` on the weights."""
+    import torch
+    import torch.nn.functional as F
+
     mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
     xtr, xte = (x_train - mean) / std, (x_test - mean) / std
     g = torch.Generator().manual_seed(0)
@@ -178,6 +196,9 @@ def few_shot_probe(
     class (all of a class if it has fewer), over ``draws`` seeded draws. Label-scarce
     probing separates good representations from random ones more sharply than the full
     probe: with few labels a classifier cannot undo a poor feature geometry."""
+    import numpy as np
+    import torch
+
     accs = []
     for d in range(draws):
         g = torch.Generator().manual_seed(d)
@@ -193,6 +214,9 @@ def few_shot_probe(
 def retrieval_top1(query: torch.Tensor, keys: torch.Tensor) -> float:
     """Share of rows ``i`` of ``query (N, D)`` whose most cosine-similar row of
     ``keys (N, D)`` is row ``i``."""
+    import torch
+    import torch.nn.functional as F
+
     q, k = F.normalize(query.double(), dim=1), F.normalize(keys.double(), dim=1)
     hits = (q @ k.T).argmax(1) == torch.arange(q.shape[0])
     return float(hits.double().mean())
@@ -210,6 +234,8 @@ def evaluate(
     """Probe accuracy (full labels, and ``shots`` labels per class; with the
     majority-class baseline) and ``query -> key`` retrieval top-1 (and chance) of a frozen
     ``encoder``."""
+    import torch
+
     tr, te = embed_scenes(encoder, train_scenes), embed_scenes(encoder, test_scenes)
     K = max(len(s.class_names) for s in (*train_scenes, *test_scenes))
     mtr, mte = tr.purity >= min_purity, te.purity >= min_purity
@@ -284,6 +310,10 @@ def run_eval(args) -> int:
     import sys
     from pathlib import Path
 
+    from rsfm_core.cliutil import setup_threads
+
+    setup_threads(workers=0)  # RSFM_THREADS=N overrides
+
     if args.real:
         from rsfm_train.evalreal.cli import run_real
 
@@ -291,6 +321,8 @@ def run_eval(args) -> int:
     if not args.models:
         print("rsfm eval: give at least one exported model folder (or --real)", file=sys.stderr)
         return 2
+
+    import torch
 
     from rsfm_core.model import RSFMEncoder, load_pretrained, read_config
 
@@ -323,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(p)
-    return run_eval(p.parse_args(argv))
+    args = p.parse_args(argv)
+    from rsfm_core.cliutil import run_command
+
+    return run_command("python -m rsfm_train.evaluate", run_eval, args)  # one-line errors
 
 
 if __name__ == "__main__":

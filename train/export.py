@@ -27,9 +27,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# torch is imported inside the functions: `rsfm export --help` (this module) stays fast.
 log = logging.getLogger("rsfm_train")
 
 ENCODER_PREFIX = "encoder."
@@ -50,6 +53,8 @@ def _checkpoint(run_dir: Path, tag: str | None) -> Path:
 
 
 def _student_state(ckpt: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    import torch
+
     if zero_stage == 0:
         f = ckpt / "mp_rank_00_model_states.pt"
         if not f.is_file():
@@ -77,6 +82,7 @@ def export(
     """Write the encoder of ``run_dir``'s newest complete checkpoint (or ``tag``) to
     ``out_dir`` as ``config.json`` + ``model.safetensors`` (floating tensors stored as
     ``dtype``: float32, float16 or bfloat16); returns ``out_dir``."""
+    import torch
     from safetensors.torch import load_file
 
     from rsfm_core.model import ModelConfig, RSFMEncoder

@@ -136,7 +136,63 @@ def add_pretrain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_logs() -> None:
+    """What a pretraining run need not print: one INFO line per synthetic scene (the
+    data source renders them by the hundred; DEBUG keeps them) and DeepSpeed's warning
+    that the LR scheduler was read before its first step (its engine reads it once at
+    start-up: every run printed it, harmlessly)."""
+    logging.getLogger("rsfm_core.synthetic").setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").addFilter(
+        _DropMessage("learning rate from scheduler before it has started")
+    )
+
+
+def _cpu_accelerator_without_gpu() -> None:
+    """No CUDA device: name DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``, unless
+    set) rather than let it warn on every run that it fell back to the CPU."""
+    import os
+
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and torch.cuda.device_count() == 0:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def skip_shm_op_when_alone() -> bool:
+    """One process (no ``WORLD_SIZE`` > 1): tell DeepSpeed its shared-memory collective
+    op is unavailable, so that it neither JIT-compiles it (g++ + ninja, 2-3 min on first
+    use, silently) nor uses it; one rank has nothing to reduce across. Several processes
+    keep it (README: what the build needs). Returns whether it was skipped."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return False
+    try:
+        import deepspeed.ops as ops
+
+        compatible = ops.__compatible_ops__  # DeepSpeed keeps and reads this one dict
+    except (ImportError, AttributeError):
+        return False
+    if not isinstance(compatible, dict):
+        return False
+    compatible["deepspeed_shm_comm"] = False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
+    from rsfm_core.cliutil import passive_openmp, setup_threads
+
+    passive_openmp()  # before torch loads (python -m rsfm_train.pretrain comes here first)
+    _cpu_accelerator_without_gpu()
     from rsfm_core.files import LockedError, NoSpaceError
 
     from .checkpoint import CheckpointError
@@ -145,11 +201,14 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_logs()
     overrides = list(args.overrides)
     if args.resume or args.resume_from:
         overrides.append(f"run.resume={args.resume_from or 'auto'}")
     try:
         cfg = load_config(args.config, overrides)
+        setup_threads(cfg.data.workers)
+        skip_shm_op_when_alone()
         state = run_pretrain(cfg, max_steps=args.max_steps, progress=not args.no_progress)
     except (ConfigError, CheckpointError, LockedError, NoSpaceError, FileNotFoundError) as e:
         print(f"rsfm pretrain: error: {e}", file=sys.stderr)  # what to do, no traceback
@@ -164,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd")
     add_pretrain_parser(sub).prog = "python -m rsfm_train.pretrain"
     args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    from rsfm_core.cliutil import run_command
+
+    return run_command("python -m rsfm_train.pretrain", args.func, args)  # one-line errors
 
 
 if __name__ == "__main__":

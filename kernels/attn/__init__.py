@@ -1,7 +1,10 @@
 """Attention over ``(B, H, N, D)`` with an optional key-padding mask ``(B, N_k)``.
 
 Math: ``O = softmax(Q K^T * scale + mask_bias) V`` with ``scale = D ** -0.5`` by default;
-``key_padding_mask[b, j] = True`` means key ``j`` of batch ``b`` is valid (kept).
+``key_valid[b, j] = True`` means key ``j`` of batch ``b`` is valid (kept): the OPPOSITE
+of ``torch.nn.MultiheadAttention``'s ``key_padding_mask`` (True = ignored). The argument
+was called ``key_padding_mask`` before; that name now raises a TypeError saying so, so
+that no caller keeps passing a mask whose meaning it may have inverted.
 A query row whose keys are all masked returns zeros (and zero gradients), never NaN.
 
 Triton kernels (FlashAttention-2 style, non-causal):
@@ -85,10 +88,10 @@ else:  # macOS, Windows, or a Linux install without it: SDPA and the reference s
 # ---------------------------------------------------------------- peers
 
 
-def _sdpa(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
-    if key_padding_mask is None:
+def _sdpa(q, k, v, key_valid=None, scale=None, deterministic=None):
+    if key_valid is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    keep = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, M)
+    keep = key_valid[:, None, None, :].to(torch.bool)  # (B, 1, 1, M)
     # Rows with no valid key would be NaN in SDPA: give them one dummy key, zero them after.
     any_valid = keep.any(dim=-1, keepdim=True)  # (B, 1, 1, 1)
     safe = keep | ~any_valid
@@ -96,8 +99,8 @@ def _sdpa(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
     return out * any_valid.to(out.dtype)
 
 
-def _reference(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
-    return attention_reference(q, k, v, key_padding_mask, scale)
+def _reference(q, k, v, key_valid=None, scale=None, deterministic=None):
+    return attention_reference(q, k, v, key_valid, scale)
 
 
 # ---------------------------------------------------------------- registration
@@ -112,14 +115,14 @@ def _shape_reasons(inputs):
         out.append(
             f"q, k, v must be 4-D (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    m = inputs.get("key_padding_mask")
+    m = inputs.get("key_valid")
     if m is not None and (
         m.dim() != 2 or k.dim() != 4 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]
     ):
         out.append(
-            f"key_padding_mask must be (B, N_keys) = ({k.shape[0]}, {k.shape[2]}); got {tuple(m.shape)}"
+            f"key_valid must be (B, N_keys) = ({k.shape[0]}, {k.shape[2]}); got {tuple(m.shape)}"
             if k.dim() == 4
-            else f"key_padding_mask {tuple(m.shape)} does not match k {tuple(k.shape)}"
+            else f"key_valid {tuple(m.shape)} does not match k {tuple(k.shape)}"
         )
     return out
 
@@ -172,12 +175,12 @@ def _triton_auto_reasons(inputs):
     return []
 
 
-def _triton(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
-    return _T.triton_attention(q, k, v, key_padding_mask, scale, deterministic)
+def _triton(q, k, v, key_valid=None, scale=None, deterministic=None):
+    return _T.triton_attention(q, k, v, key_valid, scale, deterministic)
 
 
-def _triton_short(q, k, v, key_padding_mask=None, scale=None, deterministic=None):
-    return _T.triton_attention(q, k, v, key_padding_mask, scale, deterministic, path="short")
+def _triton_short(q, k, v, key_valid=None, scale=None, deterministic=None):
+    return _T.triton_attention(q, k, v, key_valid, scale, deterministic, path="short")
 
 
 dispatch.register(
@@ -238,11 +241,11 @@ def _choose(key: tuple) -> str:
             "q": _probe(ranks[0], dims[0], nq, qdt, qdev),
             "k": _probe(ranks[1], dims[1], 1, kdt, kdev),
             "v": _probe(ranks[2], dims[2], 1, vdt, vdev),
-            "key_padding_mask": None,
+            "key_valid": None,
         }
         if mask_ok is not None:
             shape = (0, 1) if mask_ok else (1,)
-            inputs["key_padding_mask"] = torch.empty(shape, dtype=torch.bool, device=kdev)
+            inputs["key_valid"] = torch.empty(shape, dtype=torch.bool, device=kdev)
         return inputs
 
     return dispatch.choose("attention", key, probes, key[0]).name
@@ -257,25 +260,36 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str | None = None,
     deterministic: bool | None = None,
+    *,
+    key_padding_mask: object = None,
 ) -> torch.Tensor:
     """Attention ``(B, H, N, D)`` through the dispatcher; see the module docstring.
+
+    ``key_valid`` ``(B, N_k)`` bool: True = the key is valid and attended to (the opposite
+    of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``, which is True = ignored).
 
     ``deterministic`` (default: RSFM_DETERMINISTIC / torch's flag) only changes the Triton
     dense backward (no atomic dQ).
     """
+    if key_padding_mask is not None:
+        raise TypeError(
+            "rk.attention: key_padding_mask was renamed key_valid (True = a valid key, "
+            "attended to; torch.nn.MultiheadAttention's key_padding_mask means the "
+            "opposite): pass key_valid=mask, or key_valid=~mask for a torch-style mask"
+        )
     forced = dispatch.forced_backend("attention", backend)
     try:
-        name = _choose(_dispatch_key(q, k, v, key_padding_mask, forced))
+        name = _choose(_dispatch_key(q, k, v, key_valid, forced))
     except dispatch.BackendUnavailable:  # say it with the real shapes, not the probes'
-        inputs = {"q": q, "k": k, "v": v, "key_padding_mask": key_padding_mask}
+        inputs = {"q": q, "k": k, "v": v, "key_valid": key_valid}
         dispatch.select("attention", inputs, forced)
         raise
     fn = _FNS.get(name) or next(b.fn for b in dispatch.backends("attention") if b.name == name)
-    return fn(q, k, v, key_padding_mask=key_padding_mask, scale=scale, deterministic=deterministic)
+    return fn(q, k, v, key_valid=key_valid, scale=scale, deterministic=deterministic)
 
 
 __all__ = ["attention", "attention_reference", "clear_dispatch_cache"]

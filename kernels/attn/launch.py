@@ -25,7 +25,7 @@ def check_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
+    key_valid: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """Every launcher's checks; returns the mask as bool (or None). Raises ValueError/TypeError."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -56,16 +56,16 @@ def check_inputs(
         raise ValueError(
             f"attention: q, k, v on different devices: {q.device}, {k.device}, {v.device}"
         )
-    if key_padding_mask is None:
+    if key_valid is None:
         return None
-    m = key_padding_mask
+    m = key_valid
     if m.dim() != 2 or m.shape[0] != k.shape[0] or m.shape[1] != k.shape[2]:
         raise ValueError(
-            f"attention: key_padding_mask must be (B, N_k) = ({k.shape[0]}, {k.shape[2]}); "
+            f"attention: key_valid must be (B, N_k) = ({k.shape[0]}, {k.shape[2]}); "
             f"got {tuple(m.shape)} with {shapes}"
         )
     if m.device != q.device:
-        raise ValueError(f"attention: key_padding_mask is on {m.device}, q on {q.device}")
+        raise ValueError(f"attention: key_valid is on {m.device}, q on {q.device}")
     return m if m.dtype == torch.bool else m.to(torch.bool)
 
 

@@ -122,7 +122,7 @@ def triton_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
     scale: float | None = None,
     deterministic: bool | None = None,
     path: str = "auto",
@@ -132,7 +132,7 @@ def triton_attention(
     ``deterministic=None`` follows RSFM_DETERMINISTIC / torch's flag (dense backward only;
     the short path never uses atomics).
     """
-    mask = check_inputs(q, k, v, key_padding_mask)
+    mask = check_inputs(q, k, v, key_valid)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     chosen = select_path(q.shape[2], k.shape[2], path)
     det = deterministic_requested(deterministic)

@@ -18,7 +18,7 @@ is computed in-tile, and dQ, dK, dV are written once each, without atomics, so t
 path is deterministic by construction.
 
 Layouts: q ``(B, H, L_q, D)``, k and v ``(B, H, L_k, D)``, any strides (also stride 0);
-key_padding_mask ``(B, L_k)`` bool, True = valid. Dtypes: float16, bfloat16, float32
+key_valid ``(B, L_k)`` bool, True = valid. Dtypes: float16, bfloat16, float32
 (float32 dots use ``input_precision="ieee"``). Head dims: multiples of 8 up to 128
 (padded to a power of two with masks).
 

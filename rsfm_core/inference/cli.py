@@ -20,6 +20,10 @@ EXAMPLE = """examples:
   rsfm embed --checkpoint ckpt/ --input s2=sentinel2_l2a:t0_10m.tif+t0_20m.tif \\
       --bands s2=B02,B03,B04,B08+B05,B06,B07,B8A,B11,B12 --dates s2=2024-05-01 --out emb.tif
 
+  # a 13-band L1C file (Sen1Floods11) read as 12-band sentinel2_l2a: '-' skips B10
+  rsfm embed --random rsfm_tiny --input s2=sentinel2_l2a:chip_S2Hand.tif --dates s2=2019-06-01 \\
+      --bands s2=B01,B02,B03,B04,B05,B06,B07,B08,B8A,B09,-,B11,B12 --out chip.tif
+
   # EuroSAT-MS (L1C, B8A stored last), an untrained model for a smoke test
   rsfm embed --random rsfm_tiny --input s2=sentinel2_l1c:Forest_1.tif --dates s2=2017-06-01 \\
       --bands s2=B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A --out forest.tif
@@ -53,7 +57,8 @@ def add_parser(sub) -> None:
     add("--input", metavar="NAME=SENSOR:F[,F..]", help="a modality: one file per date, "
         "comma-separated; '+' joins one date's band-group files (repeat per modality)")  # fmt: skip
     add("--dates", metavar="NAME=D[,D..]", help="one date per file entry (ISO); default: tags")
-    add("--bands", metavar="NAME=B[,B..]", help="file band names in file order ('+' per file)")
+    add("--bands", metavar="NAME=B[,B..]", help="file band names in file order ('+' per "
+        "file; '-' skips a file band, e.g. B10 of an L1C file read as sentinel2_l2a)")  # fmt: skip
     add("--stac", metavar="NAME=SENSOR:ITEM[,ITEM..]", help="STAC item JSONs, one per date")
     p.add_argument("--manifest", help="YAML/JSON manifest of inputs (and options)")
     p.add_argument("--out", help="dense embedding COG (.tif)")
@@ -63,7 +68,8 @@ def add_parser(sub) -> None:
     opt("--tile", type=int, help="tile side in px, a multiple of the token (default 256)")
     opt("--overlap", type=int, help="tile overlap in px, a multiple of the token (default 32)")
     opt("--batch", type=int, help="tiles per forward pass (default 8)")
-    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16)")
+    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16; "
+        "rasterio reads float16 files back as float32: same values, twice the memory)")  # fmt: skip
     opt("--chip", type=int, help="GeoParquet chip side in px (default: the tile)")
     opt("--resolution", choices=("token", "pixel"), help="COG grid (default token)")
     opt("--positions", choices=("tile", "global"), help="position frame (default tile)")
@@ -93,8 +99,15 @@ def _sensor_files(value: str, flag: str) -> tuple[str, list[str]]:
     return sensor.strip(), [f.strip() for f in files.split(",") if f.strip()]
 
 
+SKIP = "-"  # in --bands: a file band that is not read
+
+
 def _bands(value: str):
-    groups = [[b.strip() for b in g.split(",") if b.strip()] for g in value.split("+")]
+    """``B02,B03,-,B04+B05`` -> one list per file, None for a skipped ('-') band."""
+    groups = [
+        [None if b.strip() == SKIP else b.strip() for b in g.split(",") if b.strip()]
+        for g in value.split("+")
+    ]
     return groups[0] if len(groups) == 1 else groups
 
 
@@ -146,6 +159,9 @@ def _options(args, manifest_options: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rsfm_core.cliutil import error_line, setup_threads
+
+    setup_threads(workers=0)  # tiles are read by this process (RSFM_THREADS=N overrides)
     from rsfm_core.files import LockedError, NoSpaceError
     from rsfm_core.inference import CheckpointError, Embedder, EmbedOptions, RasterError
     from rsfm_core.inference.run import Interrupted
@@ -161,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --checkpoint DIR (or --random MODEL for an untrained model)")
         opts = EmbedOptions(**_options(args, rest.get("options", {})))
         res = emb.embed_rasters(inputs, args.out, parquet=args.parquet, npz=args.npz, options=opts)
-    except (RasterError, CheckpointError, ValueError, NoSpaceError, LockedError) as e:
-        print(f"rsfm embed: error: {e}", file=sys.stderr)
+    except (RasterError, CheckpointError, ValueError, KeyError, NoSpaceError, LockedError) as e:
+        print(f"rsfm embed: error: {error_line(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:  # temporaries removed, older outputs kept
         print(f"rsfm embed: {e}", file=sys.stderr)

@@ -83,10 +83,21 @@ class EmbedResult:
         rate = self.km2 / max(s["total"], 1e-9)
         return (
             f"{self.tiles} tiles ({self.computed} computed, {self.skipped} without data), "
-            f"{self.pixels / 1e6:.2f} Mpx = {self.km2:.1f} km2 in {s['total']:.1f} s "
+            f"{_pixels(self.pixels)} = {_area(self.km2)} in {s['total']:.1f} s "
             f"({rate:.2f} km2/s; read {s['read']:.1f} s, compute {s['compute']:.1f} s, "
             f"write {s['write']:.1f} s, finalize {s['finalize']:.1f} s)"
         )
+
+
+def _pixels(n: int) -> str:
+    """``4096 px``, ``0.26 Mpx``, ``120 Mpx``: never ``0.00 Mpx``."""
+    if n < 100_000:
+        return f"{n:,} px"
+    return f"{n / 1e6:.2f} Mpx" if n < 100e6 else f"{n / 1e6:,.0f} Mpx"
+
+
+def _area(km2: float) -> str:
+    return f"{km2:.3g} km2" if km2 < 10 else f"{km2:,.1f} km2"
 
 
 __all__ = ["EmbedOptions", "EmbedResult", "Embedding"]

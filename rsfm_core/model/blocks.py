@@ -50,7 +50,7 @@ class Attention(nn.Module):
         """``x`` (B, N, D); ``mask`` (B, N), True = valid key (None: all valid)."""
         qkv = self.qkv(x)  # (B, N, 3D)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        o = rsfm_kernels.attention(q, k, v, key_padding_mask=mask, backend=self.backend)
+        o = rsfm_kernels.attention(q, k, v, key_valid=mask, backend=self.backend)
         o = rearrange(o, "b h n d -> b n (h d)")  # (B, N, D)
         return self.proj(o)
 

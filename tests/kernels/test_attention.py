@@ -356,7 +356,7 @@ def test_sdpa_backend_matches_reference_with_fully_masked_rows():
     q, k, v = (t.detach().cpu().requires_grad_() for t in make_qkv(2, 3, 11, 13, 16, torch.float32))
     mask = make_mask(2, 13, "empty").cpu()
     out, (dq, dk, dv) = run_and_compare(
-        lambda q, k, v, m: rk.attention(q, k, v, key_padding_mask=m, backend="sdpa"), q, k, v, mask
+        lambda q, k, v, m: rk.attention(q, k, v, key_valid=m, backend="sdpa"), q, k, v, mask
     )
     assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(
         dq[0], torch.zeros_like(dq[0])
@@ -443,7 +443,7 @@ def test_launcher_validation_names_the_shapes():
         T.triton_attention(*(torch.randn(1, 1, 4, 12),) * 3)
     with pytest.raises(TypeError, match="one dtype"):
         T.triton_attention(x, x.double(), x)
-    with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, N_k\) = \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"key_valid must be \(B, N_k\) = \(2, 8\)"):
         T.triton_attention(x, x, x, torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="4-D"):
         T.triton_attention(x[0], x[0], x[0])
@@ -580,3 +580,15 @@ def test_gpu_xformers_benchmark_peer_with_key_padding_bias():
         _gpu_compare(
             lambda q, k, v, m: xformers_attention(q, k, v, m), q, k, v, make_mask(2, n, mask)
         )
+
+
+def test_old_mask_name_is_refused_with_the_convention():
+    q = torch.randn(1, 1, 4, 8)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(TypeError, match=r"renamed key_valid \(True = a valid key"):
+        rk.attention(q, q, q, key_padding_mask=mask)
+    # key_valid=True keeps a key: masking all but key 0 gives v[0] for every query
+    v = torch.randn(1, 1, 4, 8)
+    only0 = torch.tensor([[True, False, False, False]])
+    out = rk.attention(q, q, v, key_valid=only0, backend="sdpa")
+    torch.testing.assert_close(out, v[:, :, :1].expand_as(out))

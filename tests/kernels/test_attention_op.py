@@ -92,7 +92,7 @@ def test_torch_compile_fullgraph_through_the_dispatcher(backend):
     mask[0] = False  # a batch with no valid key
 
     def f(q, k, v):
-        return rk.attention(q, k, v, key_padding_mask=mask, backend=backend) * 2
+        return rk.attention(q, k, v, key_valid=mask, backend=backend) * 2
 
     _compiled_matches_eager(f, q, k, v)
     A.clear_dispatch_cache()  # the choice is also made at trace time when not cached yet
@@ -134,7 +134,7 @@ def test_dispatch_choice_is_cached_per_signature(monkeypatch):
     rk.attention(q, k, v)  # same signature: no new selection
     rk.attention(*qkv(b=3, nq=5, nk=7))  # other B and lengths, same facts: cached too
     assert calls == []
-    rk.attention(q, k, v, key_padding_mask=mask_for(2, 17))  # a mask is a new signature
+    rk.attention(q, k, v, key_valid=mask_for(2, 17))  # a mask is a new signature
     rk.attention(q.half(), k.half(), v.half())  # so is a dtype
     rk.attention(*qkv(nq=200, nk=200))  # so is a length over the packed kernel's limit
     assert len(calls) == 3
@@ -158,11 +158,11 @@ def test_dispatch_key_facts_give_the_same_reasons_as_the_inputs():
     masks = [None, mask_for(2, 17), torch.ones(2, 5, dtype=torch.bool)]
     for q, k, v in cases:
         for m in masks:
-            inputs = {"q": q, "k": k, "v": v, "key_padding_mask": m}
+            inputs = {"q": q, "k": k, "v": v, "key_valid": m}
             for b in dispatch.backends("attention"):
                 real = bool(b.not_supported_reasons(inputs, forced=True))
                 fq, fk, fv, fm = _probes_of(A._dispatch_key(q, k, v, m, None))
-                probe = {"q": fq, "k": fk, "v": fv, "key_padding_mask": fm}
+                probe = {"q": fq, "k": fk, "v": fv, "key_valid": fm}
                 assert bool(b.not_supported_reasons(probe, forced=True)) == real, (
                     b.name, tuple(q.shape), None if m is None else tuple(m.shape)
                 )  # fmt: skip

@@ -13,7 +13,7 @@ import rsfm_core as rs
 import rsfm_kernels
 from rsfm_kernels import dispatch
 q = torch.randn(1, 2, 8, 16)
-inputs = {"q": q, "k": q, "v": q, "key_padding_mask": None}
+inputs = {"q": q, "k": q, "v": q, "key_valid": None}
 chosen = dispatch.select("attention", inputs).name
 reasons = {b.name: b.not_supported_reasons(inputs) for b in dispatch.backends("attention")}
 model = rs.model.build_model("rsfm_tiny").eval()

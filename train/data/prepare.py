@@ -35,21 +35,17 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from rsfm_core.files import atomic_write_text, commit, sha256_file
-from rsfm_core.sample import ModalityData, from_days
 
-from .scenes import Scene, manifest_scenes, synthetic_scenes
-from .shards import (
-    MANIFEST_FORMAT,
-    MANIFEST_NAME,
-    encode_sample,
-    grid_dict,
-    verify_shards,
-)
+if TYPE_CHECKING:
+    from rsfm_core.sample import ModalityData
+
+    from .scenes import Scene
+
+# numpy, torch (through .shards, .scenes and rsfm_core.sample) are imported inside the
+# functions: `rsfm prepare --help` (this module) stays fast.
 
 log = logging.getLogger("rsfm_train")
 
@@ -74,6 +70,8 @@ class _ShardWriter:
     count and size; records each finished shard's count, size and sha256."""
 
     def __init__(self, opts: PrepareOptions) -> None:
+        import numpy as np
+
         self.opts, self.rng = opts, np.random.default_rng([opts.seed, 0x5A4D])
         self.buffer: list[dict[str, bytes]] = []
         self.buffered = 0
@@ -139,6 +137,8 @@ def _size(sample: Mapping[str, Any]) -> int:
 
 
 def _prepare_out(opts: PrepareOptions) -> None:
+    from .shards import MANIFEST_NAME
+
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     old = sorted(out.glob("shard-*.tar")) + (
@@ -166,6 +166,12 @@ def write_shards(
     scenes: Iterator[Scene], opts: PrepareOptions, source: dict[str, Any]
 ) -> dict[str, Any]:
     """Chip every scene, write the shards and ``manifest.json``; returns the manifest."""
+    import numpy as np
+
+    from rsfm_core.sample import from_days
+
+    from .shards import MANIFEST_FORMAT, MANIFEST_NAME, encode_sample, grid_dict
+
     _prepare_out(opts)
     t0 = time.perf_counter()
     writer = _ShardWriter(opts)
@@ -223,6 +229,8 @@ def prepare_synthetic(
     num_dates: int = 4,
 ) -> dict[str, Any]:
     """Shards of ``n`` synthetic scenes (see :func:`synthetic_scenes`)."""
+    from .scenes import synthetic_scenes
+
     src = {
         "kind": "synthetic",
         "scenes": n,
@@ -237,6 +245,8 @@ def prepare_synthetic(
 
 def prepare_manifest(path: str | os.PathLike, opts: PrepareOptions) -> dict[str, Any]:
     """Shards of the GeoTIFF scenes listed in a YAML file (see :func:`manifest_scenes`)."""
+    from .scenes import manifest_scenes
+
     src = {"kind": "geotiff", "manifest": str(Path(path).resolve())}
     return write_shards(manifest_scenes(path, opts.chip), opts, src)
 
@@ -311,6 +321,8 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_prepare(args: argparse.Namespace) -> int:
     if args.verify:
+        from .shards import verify_shards
+
         problems = verify_shards(args.verify)
         for line in problems:
             print(line)
