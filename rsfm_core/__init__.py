@@ -25,6 +25,7 @@ _ATTRS = {  # name -> the module defining it
     "Grid": "rsfm_core.sample",
     "build_model": "rsfm_core.model.registry",
     "load_pretrained": "rsfm_core.model.registry",
+    "shipped": "rsfm_core.model.checkpoint",
     "Embedder": "rsfm_core.inference.embedder",
     "RasterInput": "rsfm_core.inference.inputs",
 }

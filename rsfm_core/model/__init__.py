@@ -10,7 +10,7 @@ fusion -> checkpoint (the one verified save/load) -> encoder -> registry (named 
 ``build_model``, ``load_pretrained``, statistics).
 """
 
-from .checkpoint import CheckpointError, CheckpointInfo, read_config, save_checkpoint
+from .checkpoint import CheckpointError, CheckpointInfo, read_config, save_checkpoint, shipped
 from .config import ModalityConfig, ModelConfig, default_modalities
 from .encoder import EncoderOutput, RSFMEncoder
 from .registry import (
@@ -38,4 +38,5 @@ __all__ = [
     "read_config",
     "register_model",
     "save_checkpoint",
+    "shipped",
 ]
