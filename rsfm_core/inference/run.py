@@ -218,8 +218,8 @@ def _tags(emb, source: RasterSource, opts) -> dict[str, str]:
         "RSFM_VERSION": __version__,
         "RSFM_FEATURES": str(emb.dim),
         "RSFM_TOKEN_PX": str(source.layout.token_px),
-        "RSFM_TILE": str(opts.tile),
-        "RSFM_OVERLAP": str(opts.overlap),
+        "RSFM_TILE": str(source.layout.tile),  # the tile used (smaller for small rasters)
+        "RSFM_OVERLAP": str(source.layout.overlap),
         "RSFM_POSITIONS": opts.positions,
         "RSFM_RESOLUTION": opts.resolution,
         "RSFM_INPUTS": json.dumps(inputs, sort_keys=True),
@@ -398,7 +398,7 @@ def run(emb, inputs, out, parquet, npz, opts):
     source = RasterSource(emb.config, inputs, opts.tile, opts.overlap, opts.region)
     layout = source.layout
     notes = missing_report(emb.config, source.preflight)
-    chip = opts.chip or opts.tile
+    chip = opts.chip or layout.tile
     if chip % layout.token_px:
         raise ValueError(
             f"chip {chip} px must be a multiple of the token size {layout.token_px} px"

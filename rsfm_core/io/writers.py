@@ -205,6 +205,8 @@ def cog_copy(src, dst: str | os.PathLike, compress: str, blocksize: int, **extra
     run under :func:`defined_padding` so that their bytes are reproducible."""
     from rasterio.shutil import copy as rio_copy
 
+    side = max(16, -(-max(src.height, src.width) // 16) * 16)
+    blocksize = min(blocksize, side)  # a small map is one small tile, not a 256 px one
     with defined_padding() if int(extra.get("nbits", 0)) == 16 else nullcontext():
         rio_copy(
             src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
