@@ -63,7 +63,12 @@ def add_parser(sub) -> None:
     opt("--tile", type=int, help="tile side in px, a multiple of the token (default 256)")
     opt("--overlap", type=int, help="tile overlap in px, a multiple of the token (default 32)")
     opt("--batch", type=int, help="tiles per forward pass (default 8)")
-    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16)")
+    opt(
+        "--dtype",
+        choices=("auto", "float16", "float32", "int8"),
+        help="COG values (default auto: int8 when the float16 map would exceed 1 GiB, "
+        "else float16; both read back as float32 via rsfm_core.read_embeddings)",
+    )
     opt("--chip", type=int, help="GeoParquet chip side in px (default: the tile)")
     opt("--resolution", choices=("token", "pixel"), help="COG grid (default token)")
     opt("--positions", choices=("tile", "global"), help="position frame (default tile)")

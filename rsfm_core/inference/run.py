@@ -25,6 +25,7 @@ only after all of them were written. In detail:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -53,7 +54,7 @@ from ..io.geoparquet import ChipContext, ChipWriter
 from ..sample import from_days
 from . import distributed
 from .inputs import missing_report
-from .options import EmbedResult
+from .options import EmbedResult, auto_dtype
 from .stitching import Rows
 from .stream import stream
 from .tiles import RasterSource, pixel_area_km2
@@ -528,6 +529,11 @@ def run(emb, inputs, out, parquet, npz, opts):
     outs = Outputs.check(out, parquet, npz)
     source = RasterSource(emb.config, inputs, opts.tile, opts.overlap, opts.region)
     layout = source.layout
+    if opts.dtype == "auto":
+        px = layout.token_px**2 if opts.resolution == "pixel" else 1
+        dt = auto_dtype(layout.tokens.height * px, layout.tokens.width, emb.dim)
+        opts = dataclasses.replace(opts, dtype=dt)
+        log.info("dtype auto: %s COG values", dt)
     notes = missing_report(emb.config, source.preflight)
     chip = opts.chip or layout.tile
     if chip % layout.token_px:
