@@ -51,6 +51,7 @@ from ..files import (
 from ..io import RasterError, writers
 from ..io.cog import StreamingCog
 from ..io.geoparquet import ChipContext, ChipWriter
+from ..io.stac import stac_item, stac_path, write_item
 from ..sample import from_days
 from . import distributed
 from .inputs import missing_report
@@ -202,7 +203,7 @@ def _own_outputs(outs: Outputs):
     """Rank 0: the outputs' lock for the run; stale temporaries of killed runs go."""
     lock = outs.near.with_name(f".{outs.near.name}.lock")
     with exclusive_lock(lock, f"output {outs.near}", remove=True):
-        stale = [t for p in outs.paths for t in stale_temps(p)]
+        stale = [t for p in (*outs.paths, stac_path(outs.near)) for t in stale_temps(p)]
         if stale:
             log.warning("removing %d temporary file(s) left by an interrupted run: %s",
                         len(stale), ", ".join(t.name for t in stale))  # fmt: skip
@@ -288,6 +289,10 @@ class OutputSink:
                 if path is not None:
                     self.finals[key] = temp_path(path, "final", suffix)
                     self.temps.append(self.finals[key])
+            self.targets = {k: getattr(outs, k) for k in self.finals}
+            self.targets["stac"] = stac_path(outs.near)  # the run's STAC Item
+            self.finals["stac"] = temp_path(self.targets["stac"], "final", ".json")
+            self.temps.append(self.finals["stac"])
             tok = layout.tokens
             if outs.out is not None and opts.resolution == "token":
                 self.cog = StreamingCog(self.finals["out"], tok, emb.dim, opts.dtype,
@@ -376,6 +381,14 @@ class OutputSink:
             extra = self.npz_chips.arrays(self.dim, self.source.layout.token_px)
             writers.write_npz(self.finals["npz"], self.npy.array(), self.source.layout.tokens,
                               extra)  # fmt: skip
+        names = {"out": "embeddings", "parquet": "chips", "npz": "npz"}
+        assets = {names[k]: p for k, p in self.targets.items() if k in names}
+        grid = self.source.layout.tokens
+        if self.opts.resolution == "pixel":
+            grid = self.source.layout.grid
+        item = stac_item(self.targets["stac"].name.removesuffix(".stac.json"), grid, tags,
+                         assets, self.targets["stac"], self.opts.dtype)  # fmt: skip
+        write_item(self.finals["stac"], item)
 
     def close(self) -> None:
         if self.npy is not None:
@@ -399,7 +412,7 @@ def finalize(sink: OutputSink, outs: Outputs, signals=None) -> None:
         sink.finish()
         with signals.defer():  # all written: now rename each into place
             for key, tmp in sink.finals.items():
-                commit(tmp, getattr(outs, key))
+                commit(tmp, sink.targets[key])
     finally:
         sink.abort()
 

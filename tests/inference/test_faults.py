@@ -135,7 +135,7 @@ def test_a_really_full_disk_never_kills_the_run_or_leaves_temporaries(ckpt, tmp_
     for ln in lines:
         outcome, left = ln.split(" -> ", 1)[1].split(" | left=")
         if outcome == "OK":
-            assert left == "['c.parquet', 'e.npz', 'e.tif']", ln
+            assert left == "['c.parquet', 'e.npz', 'e.stac.json', 'e.tif']", ln
         else:
             assert outcome.startswith(f"NoSpaceError: [Errno 28] no space left on {disk}"), ln
             assert left == "[]", ln
@@ -194,7 +194,7 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(ckpt, tmp_path,
                       out / "e.tif", parquet=out / "c.parquet", npz=out / "e.npz", tile=32,
                       overlap=8, progress=False)  # fmt: skip
     assert _hidden(out) == [] and "left by an interrupted run" in caplog.text
-    assert sorted(q.name for q in out.iterdir()) == ["c.parquet", "e.npz", "e.tif"]
+    assert sorted(q.name for q in out.iterdir()) == ["c.parquet", "e.npz", "e.stac.json", "e.tif"]
 
 
 def test_a_second_run_on_the_same_output_is_refused(ckpt, tmp_path):
@@ -212,4 +212,9 @@ def test_a_second_run_on_the_same_output_is_refused(ckpt, tmp_path):
     finally:
         (tmp_path / "go").touch()
         p.kill()
-    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["c.parquet", "e.npz", "e.tif"]
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == [
+        "c.parquet",
+        "e.npz",
+        "e.stac.json",
+        "e.tif",
+    ]
