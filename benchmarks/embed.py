@@ -198,6 +198,60 @@ def _subprocess(case: dict) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+# ---------------------------------------------------------------------------- seams
+
+
+def seam_ratio(values: np.ndarray, tile_list, token_px: int) -> float:
+    """Mean feature distance between neighbouring tokens across tile borders divided by
+    the same between neighbours inside tiles (rows and columns together; NaN tokens are
+    left out). ``values`` (D, h, w); ``tile_list``: the run's tiles in pixels
+    (:func:`rsfm_core.io.tiles`); borders are every tile's first and one-past-last token
+    column/row inside the map. 1.0: borders look like the rest of the map."""
+    D, h, w = values.shape
+    cols = {t.col // token_px for t in tile_list} | {
+        (t.col + t.width) // token_px for t in tile_list
+    }
+    rows = {t.row // token_px for t in tile_list} | {
+        (t.row + t.height) // token_px for t in tile_list
+    }
+    dc = np.linalg.norm(values[:, :, 1:] - values[:, :, :-1], axis=0)  # (h, w-1): (j-1, j)
+    dr = np.linalg.norm(values[:, 1:] - values[:, :-1], axis=0)  # (h-1, w)
+    bc = np.zeros(w - 1, bool)
+    bc[[j - 1 for j in cols if 0 < j < w]] = True
+    br = np.zeros(h - 1, bool)
+    br[[i - 1 for i in rows if 0 < i < h]] = True
+    across = np.concatenate([dc[:, bc].ravel(), dr[br].ravel()])
+    inside = np.concatenate([dc[:, ~bc].ravel(), dr[~br].ravel()])
+    return float(np.nanmean(across) / np.nanmean(inside))
+
+
+def seams(checkpoint: str | None, data: Path, tile: int, overlaps: list[int]) -> list[dict]:
+    """Seam ratio on the real Sen1Floods11 chip (S1 + S2, 512 x 512 px) embedded with
+    small tiles, next to the same ratio of the untiled map at the same borders."""
+    import rsfm_core as rs
+
+    d = data / "sen1floods11"
+    date = ["2019-09-18"]
+    s2, s1 = str(d / "Spain_7370579_S2Hand.tif"), str(d / "Spain_7370579_S1Hand.tif")
+    inputs = {"s2": rs.RasterInput("sentinel2_l1c", [s2], date),
+              "s1": rs.RasterInput("sentinel1_grd", [s1], date)}  # fmt: skip
+    emb = (rs.Embedder.from_pretrained(checkpoint, device="cpu") if checkpoint
+           else rs.Embedder.random("rsfm_tiny", device="cpu"))  # fmt: skip
+    whole = emb.embed({"s2": rs.io.read_modality(s2, "sentinel2_l1c", date),
+                       "s1": rs.io.read_modality(s1, "sentinel1_grd", date)}).dense[0].numpy()  # fmt: skip
+    out = []
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        for ov in overlaps:
+            res = emb.embed_rasters(inputs, npz=Path(tmp) / "e.npz", tile=tile, overlap=ov,
+                                    dtype="float32", progress=False)  # fmt: skip
+            x = np.load(Path(tmp) / "e.npz")["embedding"].astype(np.float32)
+            ts = rs.io.tiles(512, 512, tile, ov)
+            out.append({"tile": tile, "overlap": ov, "seam_ratio": seam_ratio(x, ts, 4),
+                        "untiled_same_borders": seam_ratio(whole, ts, 4),
+                        "nan_tokens": int(np.isnan(x[0]).sum()), "tiles": res.tiles})  # fmt: skip
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -216,10 +270,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show the embed progress bar (stderr)")
     p.add_argument("--data", default=str(C.REPO / "runs" / "bench_embed"), help="scene folder")
+    p.add_argument(
+        "--seams",
+        action="store_true",
+        help="seam ratio on the real Sen1Floods11 chip (see seam_ratio) and exit",
+    )
+    p.add_argument("--seam-tile", type=int, default=64, help="tile for --seams (default 64)")
+    p.add_argument("--checkpoint", help="checkpoint folder for --seams (default: random weights)")
+    p.add_argument(
+        "--real-data",
+        default=os.environ.get("RSFM_REAL_DATA", str(C.REPO.parent / "shared" / "data")),
+    )
     p.add_argument("--case", help=argparse_hidden())
     a = p.parse_args(argv)
     if a.case:
         print("RESULT " + json.dumps(run_case(json.loads(a.case))), flush=True)
+        return 0
+    if a.seams:
+        rows = seams(a.checkpoint, Path(a.real_data), a.seam_tile, [0, 16, 32])
+        C.print_table(
+            rows,
+            list(rows[0]),
+            f"seam ratio, Sen1Floods11 chip, {a.checkpoint or 'random rsfm_tiny'}",
+        )
+        if a.json:
+            C.write_json(a.json, {"benchmark": "embed seams", "results": rows})
         return 0
     size = 20000 if a.huge else a.size
     bands = S2_10M if a.huge else None
