@@ -39,6 +39,7 @@ import numpy as np
 from ..files import remove_quietly, temp_path
 
 INT8_NODATA = -128
+BIGTIFF_AT = 2**32  # file size from which the COG is a BigTIFF (classic TIFF offsets: 32 bit)
 _FORMATS = {  # output dtype -> (numpy type, BitsPerSample, SampleFormat)
     "float16": ("<f2", 16, 3),
     "float32": ("<f4", 32, 3),
@@ -278,7 +279,7 @@ class StreamingCog:
 
     def _assemble(self, extra: dict) -> None:
         data_size = sum(lv.nbytes for lv in self.levels)
-        big = data_size + 2**24 >= 2**32  # headroom for header and IFDs
+        big = data_size + 2**24 >= BIGTIFF_AT  # headroom for header and IFDs
         off_type = 16 if big else 4
         head = 16 if big else 8
         ghost = f"GDAL_STRUCTURAL_METADATA_SIZE={len(_GHOST):06d} bytes\n{_GHOST}".encode()

@@ -98,6 +98,27 @@ def test_validate_cog_agrees_with_gdal_on_its_own_and_on_non_cogs(tmp_path):
     assert validate_cog(tmp_path / "missing.tif")[0].startswith("cannot read")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_a_bigtiff_cog_when_the_file_needs_64_bit_offsets(tmp_path, monkeypatch, dtype):
+    need_rasterio()
+    import rasterio
+
+    from rsfm_core.io import cog
+
+    monkeypatch.setattr(cog, "BIGTIFF_AT", 0)  # as if the data were over 4 GiB
+    x = _map(150, 260, 4)
+    path = _write(tmp_path / "m.tif", x, dtype)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"II+\x00"  # BigTIFF
+    assert validate_cog(path) == []
+    with rasterio.open(path) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.overviews(1) == [2, 4]
+        y = ds.read(1).astype(np.float64)
+        if dtype == "int8":
+            y = np.where(y == -128, np.nan, y * ds.scales[0] + ds.offsets[0])
+    np.testing.assert_allclose(y, x[0], rtol=2e-3, atol=0.02, equal_nan=True)
+
+
 def test_validate_cog_sees_a_broken_tile_frame(tmp_path):
     path = _write(tmp_path / "m.tif", _map(40, 50, 3), "float32", block=32)
     assert validate_cog(path) == []
