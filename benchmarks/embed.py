@@ -198,12 +198,148 @@ def _subprocess(case: dict) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+# ---------------------------------------------------------------------------- throughput
+
+IMG_PX, IMG_KM2 = 128, (128 * 10 / 1000) ** 2  # 128 x 128 px of 10 m = 1.6384 km2
+
+
+def _images(batch: int, device):
+    import torch
+
+    import rsfm_core as rs
+
+    g = torch.Generator().manual_seed(0)
+    px = 0.02 + 0.43 * torch.rand(batch, 1, 12, IMG_PX, IMG_PX, generator=g)
+    d = rs.ModalityData(px, torch.ones(batch, 1, IMG_PX, IMG_PX, dtype=torch.bool),
+                        torch.full((batch, 1), 19000), "sentinel2_l2a",
+                        rs.sensors.get("sentinel2_l2a").band_names)  # fmt: skip
+    return {"s2": d.to(device)}
+
+
+def gflop_per_image(name: str) -> float | None:
+    """Forward GFLOP of one 128 x 128 x 12 image (torch's FlopCounterMode, CPU float32:
+    matmuls, convolutions and SDPA; kernels it cannot see would be left out)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import rsfm_core as rs
+
+    model = rs.build_model(name).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model(_images(1, "cpu"))
+    return fc.get_total_flops() / 1e9
+
+
+def throughput(
+    models: list[str], device: str, batch: int, compile_modes=(False, True)
+) -> list[dict]:
+    """Images/s and km2/s of the encoder forward on 128 x 128 px x 12-band S2 images, on
+    the device (inputs already there, outputs left there), bf16 autocast on CUDA (float32
+    on CPU), eager and ``torch.compile``; a compile failure is reported, not hidden."""
+    import torch
+
+    import rsfm_core as rs
+
+    dev = torch.device(device)
+    bf16 = dev.type == "cuda"
+    rows = []
+    for name in models:
+        gf = gflop_per_image(name)
+        emb = rs.Embedder.random(name, device=dev, dtype="bfloat16" if bf16 else "float32")
+        data = _images(batch, dev)
+        for compiled in compile_modes:
+            row = {"model": name, "device": C.device_name(dev), "batch": batch,
+                   "dtype": "bf16" if bf16 else "float32", "compile": compiled,
+                   "gflop_per_image": gf}  # fmt: skip
+            model = emb.model
+            try:
+                if compiled:
+                    model = torch.compile(emb.model)
+
+                def fwd(model=model, data=data):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(dev.type, torch.bfloat16, enabled=bf16),
+                    ):
+                        return model(data)
+
+                t0 = time.perf_counter()
+                fwd()  # first call: compilation
+                row["first_call_s"] = time.perf_counter() - t0
+                ms = C.time_ms(fwd, dev)
+                row.update(ms_per_batch=ms, images_per_s=batch / (ms / 1e3),
+                           km2_per_s=batch * IMG_KM2 / (ms / 1e3))  # fmt: skip
+                if gf:
+                    row["tflop_per_s"] = row["images_per_s"] * gf / 1e3
+            except Exception as e:  # reported in the table and the JSON
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- seams
+
+
+def seam_ratio(values: np.ndarray, tile_list, token_px: int) -> float:
+    """Mean feature distance between neighbouring tokens across tile borders divided by
+    the same between neighbours inside tiles (rows and columns together; NaN tokens are
+    left out). ``values`` (D, h, w); ``tile_list``: the run's tiles in pixels
+    (:func:`rsfm_core.io.tiles`); borders are every tile's first and one-past-last token
+    column/row inside the map. 1.0: borders look like the rest of the map."""
+    D, h, w = values.shape
+    cols = {t.col // token_px for t in tile_list} | {
+        (t.col + t.width) // token_px for t in tile_list
+    }
+    rows = {t.row // token_px for t in tile_list} | {
+        (t.row + t.height) // token_px for t in tile_list
+    }
+    dc = np.linalg.norm(values[:, :, 1:] - values[:, :, :-1], axis=0)  # (h, w-1): (j-1, j)
+    dr = np.linalg.norm(values[:, 1:] - values[:, :-1], axis=0)  # (h-1, w)
+    bc = np.zeros(w - 1, bool)
+    bc[[j - 1 for j in cols if 0 < j < w]] = True
+    br = np.zeros(h - 1, bool)
+    br[[i - 1 for i in rows if 0 < i < h]] = True
+    across = np.concatenate([dc[:, bc].ravel(), dr[br].ravel()])
+    inside = np.concatenate([dc[:, ~bc].ravel(), dr[~br].ravel()])
+    return float(np.nanmean(across) / np.nanmean(inside))
+
+
+def seams(checkpoint: str | None, data: Path, tile: int, overlaps: list[int]) -> list[dict]:
+    """Seam ratio on the real Sen1Floods11 chip (S1 + S2, 512 x 512 px) embedded with
+    small tiles, next to the same ratio of the untiled map at the same borders."""
+    import rsfm_core as rs
+
+    d = data / "sen1floods11"
+    date = ["2019-09-18"]
+    s2, s1 = str(d / "Spain_7370579_S2Hand.tif"), str(d / "Spain_7370579_S1Hand.tif")
+    inputs = {"s2": rs.RasterInput("sentinel2_l1c", [s2], date),
+              "s1": rs.RasterInput("sentinel1_grd", [s1], date)}  # fmt: skip
+    emb = (rs.Embedder.from_pretrained(checkpoint, device="cpu") if checkpoint
+           else rs.Embedder.random("rsfm_tiny", device="cpu"))  # fmt: skip
+    whole = emb.embed({"s2": rs.io.read_modality(s2, "sentinel2_l1c", date),
+                       "s1": rs.io.read_modality(s1, "sentinel1_grd", date)}).dense[0].numpy()  # fmt: skip
+    out = []
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        for ov in overlaps:
+            res = emb.embed_rasters(inputs, npz=Path(tmp) / "e.npz", tile=tile, overlap=ov,
+                                    dtype="float32", progress=False)  # fmt: skip
+            x = np.load(Path(tmp) / "e.npz")["embedding"].astype(np.float32)
+            ts = rs.io.tiles(512, 512, tile, ov)
+            out.append({"tile": tile, "overlap": ov, "seam_ratio": seam_ratio(x, ts, 4),
+                        "untiled_same_borders": seam_ratio(whole, ts, 4),
+                        "nan_tokens": int(np.isnan(x[0]).sum()), "tiles": res.tiles})  # fmt: skip
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--models", default="rsfm_tiny", help="comma-separated registry names")
+    p.add_argument(
+        "--models",
+        help="comma-separated registry names (rsfm_tiny; --throughput: rsfm_tiny,rsfm_base)",
+    )
     p.add_argument("--size", type=int, default=2048, help="scene side in px (default 2048)")
     p.add_argument("--huge", action="store_true", help="20,000 x 20,000 px, S2 10 m bands")
     p.add_argument("--rows", type=int, help="embed only the first ROWS pixel rows (full width)")
@@ -216,10 +352,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show the embed progress bar (stderr)")
     p.add_argument("--data", default=str(C.REPO / "runs" / "bench_embed"), help="scene folder")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="in-memory encoder throughput on 128 px x 12-band images (default with --device cuda)",
+    )
+    p.add_argument(
+        "--img-batch", type=int, help="images per forward for --throughput (256 on CUDA)"
+    )
+    p.add_argument("--no-compile", action="store_true", help="--throughput: eager only")
+    p.add_argument(
+        "--seams",
+        action="store_true",
+        help="seam ratio on the real Sen1Floods11 chip (see seam_ratio) and exit",
+    )
+    p.add_argument("--seam-tile", type=int, default=64, help="tile for --seams (default 64)")
+    p.add_argument("--checkpoint", help="checkpoint folder for --seams (default: random weights)")
+    p.add_argument(
+        "--real-data",
+        default=os.environ.get("RSFM_REAL_DATA", str(C.REPO.parent / "shared" / "data")),
+    )
     p.add_argument("--case", help=argparse_hidden())
     a = p.parse_args(argv)
     if a.case:
         print("RESULT " + json.dumps(run_case(json.loads(a.case))), flush=True)
+        return 0
+    if a.throughput or a.device.startswith("cuda"):
+        models = (a.models or "rsfm_tiny,rsfm_base").split(",")
+        dev = (
+            a.device
+            if a.device != "auto"
+            else ("cuda" if C.default_device().type == "cuda" else "cpu")
+        )
+        batch = a.img_batch or (256 if dev.startswith("cuda") else 4)
+        rows = throughput(models, dev, batch, (False,) if a.no_compile else (False, True))
+        cols = ["model", "batch", "dtype", "compile", "first_call_s", "ms_per_batch",
+                "images_per_s", "km2_per_s", "gflop_per_image", "tflop_per_s", "error"]  # fmt: skip
+        C.print_table(rows, cols, f"encoder forward, 128 x 128 px x 12 bands, {rows[0]['device']}")
+        if a.json:
+            C.write_json(a.json, {"benchmark": "embed throughput", "results": rows})
+        return 0
+    if a.seams:
+        rows = seams(a.checkpoint, Path(a.real_data), a.seam_tile, [0, 16, 32])
+        C.print_table(
+            rows,
+            list(rows[0]),
+            f"seam ratio, Sen1Floods11 chip, {a.checkpoint or 'random rsfm_tiny'}",
+        )
+        if a.json:
+            C.write_json(a.json, {"benchmark": "embed seams", "results": rows})
         return 0
     size = 20000 if a.huge else a.size
     bands = S2_10M if a.huge else None
@@ -231,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scene {size} x {size} px ready in {time.perf_counter() - t0:.0f} s ({a.data})")
     region = (0, 0, min(a.rows, size), size) if a.rows else None
     rows = []
-    for model in a.models.split(","):
+    for model in (a.models or "rsfm_tiny").split(","):
         for threads in [int(t) for t in a.threads.split(",") if t] or [None]:
             out = Path(a.data) / f"out_{model}_{threads or 'default'}"
             out.mkdir(parents=True, exist_ok=True)

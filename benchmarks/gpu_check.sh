@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_check.sh [STEP ...]        (results under $OUT, default ./gpu_out)
 # STEP: tests (every -m gpu test in the repo: attention_tests, infonce_tests, other_tests),
 # bench (attention_bench, infonce_bench, spectral_embed_bench, encoder_bench: the kernels
-# against their peers, the whole encoder), or any single
+# against their peers, the whole encoder; embed_bench: embedding throughput, ~2 min
+# estimated, never run on a GPU yet), or any single
 # step, also attention_bench_full (every benchmark shape). Default: tests bench.
 #
 # Bare image: torch, triton, einops, safetensors, numpy, pytest; no rasterio, DeepSpeed,
@@ -69,7 +70,7 @@ run_step() {
   case "$1" in
     tests) run_step attention_tests; run_step infonce_tests; run_step other_tests ;;
     bench) run_step attention_bench; run_step infonce_bench; run_step spectral_embed_bench
-           run_step encoder_bench ;;
+           run_step encoder_bench; run_step embed_bench ;;
     attention_tests)
       step attention_tests 240 "${PYTEST[@]}" --durations=15 tests/kernels \
         --ignore=tests/kernels/test_infonce.py --junitxml "$OUT/attention_tests.xml" ;;
@@ -92,7 +93,10 @@ run_step() {
       step spectral_embed_bench 120 python3 -m benchmarks.spectral_embed --json "$OUT/spectral_embed.json" ;;
     encoder_bench)  # whole rsfm_tiny forward (bf16): the sync-free path on the GPU
       step encoder_bench 60 python3 -m benchmarks.encoder_forward --json "$OUT/encoder_forward.json" ;;
-    *) echo "unknown step $1 (tests, bench, attention_tests, infonce_tests, other_tests, attention_bench, attention_bench_full, infonce_bench, spectral_embed_bench, encoder_bench)" ;;
+    embed_bench)  # issue 18: images/s and km2/s, 128 px x 12 bands, bf16, eager + torch.compile
+      step embed_bench 150 python3 -m benchmarks.embed --device cuda --models rsfm_tiny,rsfm_base \
+        --img-batch 256 --json "$OUT/embed_throughput.json" ;;
+    *) echo "unknown step $1 (tests, bench, attention_tests, infonce_tests, other_tests, attention_bench, attention_bench_full, infonce_bench, spectral_embed_bench, encoder_bench, embed_bench)" ;;
   esac
 }
 
@@ -103,6 +107,7 @@ done
 find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.autotune.json' -newer "$MARK" 2>/dev/null |
   while read -r f; do cp "$f" "$OUT/autotune_$(basename "$(dirname "$f")" | cut -c1-12)_$(basename "$f")"; done
 # Not on the GPU image, so not run here: benchmarks.train_throughput needs DeepSpeed
-# (+ webdataset) and benchmarks.embed needs rasterio/pyarrow/shapely.
+# (+ webdataset); benchmarks.embed's file cases need rasterio/pyarrow/shapely (its
+# --device cuda throughput case, embed_bench above, needs none of them).
 cat "$OUT/summary.txt"
 ls -la "$OUT"

@@ -28,5 +28,6 @@ _ATTRS = {  # name -> the module defining it
     "shipped": "rsfm_core.model.checkpoint",
     "Embedder": "rsfm_core.inference.embedder",
     "RasterInput": "rsfm_core.inference.inputs",
+    "read_embeddings": "rsfm_core.io.embeddings",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _ATTRS, _SUBMODULES)

@@ -68,8 +68,13 @@ def add_parser(sub) -> None:
     opt("--tile", type=int, help="tile side in px, a multiple of the token (default 256)")
     opt("--overlap", type=int, help="tile overlap in px, a multiple of the token (default 32)")
     opt("--batch", type=int, help="tiles per forward pass (default 8)")
-    opt("--dtype", choices=("float16", "float32", "int8"), help="COG values (default float16; "
-        "rasterio reads float16 files back as float32: same values, twice the memory)")  # fmt: skip
+    opt(
+        "--dtype",
+        choices=("auto", "float16", "float32", "int8"),
+        help="COG values (default auto: int8 when the float16 map would exceed 1 GiB, "
+        "else float16; rasterio reads float16 files back as float32 and int8 as its "
+        "integers: rsfm_core.read_embeddings returns float32 values for every dtype)",
+    )
     opt("--chip", type=int, help="GeoParquet chip side in px (default: the tile)")
     opt("--resolution", choices=("token", "pixel"), help="COG grid (default token)")
     opt("--positions", choices=("tile", "global"), help="position frame (default tile)")

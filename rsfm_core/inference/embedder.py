@@ -135,17 +135,23 @@ class Embedder:
     # ------------------------------------------------------------------ in memory
     def embed(
         self,
-        sample: Mapping[str, ModalityData],
+        sample: Mapping[str, ModalityData] | Sequence[Mapping[str, ModalityData]],
         *,
         tile: int | None = None,
         overlap: int = 0,
         batch: int = 8,
         positions: str = "tile",
-    ) -> Embedding:
+    ) -> Embedding | list[Embedding]:
         """Embed in-memory modalities (``ModalityData``, physical units, unbatched
         ``[T, C, H, W]`` or batched). ``tile=None``: one forward pass (sizes padded up to
         whole tokens with invalid pixels); ``tile=N``: the streaming tiled path of
-        :meth:`embed_rasters`, in memory (unbatched input only)."""
+        :meth:`embed_rasters`, in memory (unbatched input only).
+
+        A list of unbatched samples (many small chips) gives a list of ``Embedding``
+        (each with batch size 1), in the same order; chips of the same shape, sensors and
+        number of dates go through the model ``batch`` at a time."""
+        if isinstance(sample, Sequence):
+            return self._embed_many(sample, batch)
         if not sample:
             raise ValueError(f"empty sample; give some of {list(self.config.modalities)}")
         if tile is not None:
@@ -168,6 +174,47 @@ class Embedder:
             modality_valid={m: v.cpu() for m, v in out.modality_valid.items()},
             grid=grid,
         )
+
+    def _embed_many(self, samples, batch: int) -> list[Embedding]:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samples):
+            if not isinstance(s, Mapping) or not s:
+                raise ValueError(f"sample {i}: expected a non-empty {{modality: ModalityData}}")
+            if any(d.batched for d in s.values()):
+                raise ValueError(f"sample {i}: a list of samples takes unbatched ModalityData")
+            key = tuple(
+                (m, d.sensor, tuple(d.bands), tuple(d.pixels.shape)) for m, d in sorted(s.items())
+            )
+            groups.setdefault(key, []).append(i)
+        out: list[Embedding | None] = [None] * len(samples)
+        for idx in groups.values():
+            for j in range(0, len(idx), batch):
+                part = idx[j : j + batch]
+                batched = {
+                    m: ModalityData(
+                        pixels=torch.stack([samples[i][m].pixels for i in part]),
+                        valid=torch.stack([samples[i][m].valid for i in part]),
+                        dates=torch.stack([samples[i][m].dates for i in part]),
+                        sensor=d.sensor,
+                        bands=d.bands,
+                        grid=None,
+                    )
+                    for m, d in samples[part[0]].items()
+                }
+                e = self.embed(batched)
+                for n, i in enumerate(part):
+                    ref = next(iter(samples[i].items()))
+                    p = self.config.modalities[ref[0]].patch
+                    out[i] = Embedding(
+                        dense=e.dense[n : n + 1],
+                        pooled=e.pooled[n : n + 1],
+                        valid=e.valid[n : n + 1],
+                        modality_valid={m: v[n : n + 1] for m, v in e.modality_valid.items()},
+                        grid=None if ref[1].grid is None else token_grid(ref[1].grid, p),
+                    )
+        return out
 
     def _embed_tiled(self, sample, tile, overlap, batch, positions) -> Embedding:
         if any(d.batched for d in sample.values()):

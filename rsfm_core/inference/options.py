@@ -20,7 +20,7 @@ class EmbedOptions:
     tile: int = 256
     overlap: int = 32
     batch: int = 8
-    dtype: str = "float16"  # dense COG: float16 | float32 | int8
+    dtype: str = "auto"  # dense COG: auto | float16 | float32 | int8 (auto: int8 when large)
     resolution: str = "token"  # token (one value per token) | pixel (bilinear upsampling)
     chip: int | None = None  # GeoParquet chip side; None: the tile size
     positions: str = "tile"  # tile (as trained on crops) | global (tiled == whole raster)
@@ -33,7 +33,7 @@ class EmbedOptions:
     cache_mb: int = 256  # GDAL block cache
 
     def __post_init__(self) -> None:
-        choices = {"dtype": ("float16", "float32", "int8"), "resolution": ("token", "pixel"),
+        choices = {"dtype": ("auto", "float16", "float32", "int8"), "resolution": ("token", "pixel"),
                    "positions": ("tile", "global")}  # fmt: skip
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -47,6 +47,15 @@ class EmbedOptions:
             raise ValueError(
                 f"blocksize must be a multiple of 16 in 128..4096, got {self.blocksize}"
             )
+
+
+INT8_ABOVE_BYTES = 2**30  # dtype="auto": int8 when the float16 map would be larger
+
+
+def auto_dtype(height: int, width: int, dim: int) -> str:
+    """``dtype="auto"``: int8 for a map whose float16 values exceed 1 GiB (e.g. rsfm_tiny
+    over more than ~8,200 x 8,200 px of 10 m pixels at token resolution), else float16."""
+    return "int8" if height * width * dim * 2 > INT8_ABOVE_BYTES else "float16"
 
 
 @dataclass
@@ -100,4 +109,4 @@ def _area(km2: float) -> str:
     return f"{km2:.3g} km2" if km2 < 10 else f"{km2:,.1f} km2"
 
 
-__all__ = ["EmbedOptions", "EmbedResult", "Embedding"]
+__all__ = ["EmbedOptions", "EmbedResult", "Embedding", "auto_dtype"]

@@ -25,6 +25,7 @@ only after all of them were written. In detail:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -48,11 +49,14 @@ from ..files import (
     temp_path,
 )
 from ..io import RasterError, writers
+from ..io.cog import StreamingCog
 from ..io.geoparquet import ChipContext, ChipWriter
+from ..io.stac import stac_item, stac_path, write_item
 from ..sample import from_days
 from . import distributed
 from .inputs import missing_report
-from .options import EmbedResult
+from .options import EmbedResult, auto_dtype
+from .stitching import Rows
 from .stream import stream
 from .tiles import RasterSource, pixel_area_km2
 
@@ -92,7 +96,10 @@ def space_needed(layout, dim: int, outs: Outputs, opts, world: int = 1) -> dict[
     h, w = tok.height, tok.width
     D, item = dim, {"float32": 4, "float16": 2, "int8": 1}[opts.dtype]
     blocks = (-(-h // 64) * 64) * (-(-w // 64) * 64)  # the intermediate's 64 x 64 tiles
-    inter = blocks * (D * 4 + 2) * (2 if world > 1 else 1)  # data + mask (+ rank parts)
+    pixel = outs.out is not None and opts.resolution == "pixel"
+    inter = 0  # one rank streams the token COG directly: no intermediate
+    if world > 1 or pixel:  # per-rank parts + the merged one; or the pixel path's
+        inter = blocks * (D * 4 + 2) * (2 if world > 1 else 1)
     need = {outs.near.parent: inter}
 
     def add(path: Path | None, n: int) -> None:
@@ -100,12 +107,16 @@ def space_needed(layout, dim: int, outs: Outputs, opts, world: int = 1) -> dict[
             need[path.parent] = need.get(path.parent, 0) + int(n)
 
     if outs.out is not None:
-        px = h * w * (layout.token_px**2 if opts.resolution == "pixel" else 1)
+        px = h * w * (layout.token_px**2 if pixel else 1)
         cog = px * D * item * 4 // 3  # + overviews
-        extra = px * D * 4 if opts.resolution == "pixel" else 0  # the upsampled temporary
-        extra += px * D if opts.dtype == "int8" else 0  # the quantised temporary
+        if pixel:  # GDAL: the upsampled and quantised temporaries, then the COG
+            extra = px * D * 4 + (px * D if opts.dtype == "int8" else 0)
+        elif opts.dtype == "int8":  # the levels as float32, quantised, then the file
+            extra = px * D * 5 * 4 // 3
+        else:  # the compressed levels, then the file
+            extra = cog
         add(outs.out, cog + extra)
-    chip = max(1, (opts.chip or opts.tile) // layout.token_px)
+    chip = max(1, (opts.chip or layout.tile) // layout.token_px)
     chips = -(-h // chip) * -(-w // chip)
     add(outs.parquet, 2 * chips * (D * 4 + 512))  # rows file + final file
     npy = h * w * D * (4 if opts.dtype == "float32" else 2)
@@ -192,7 +203,7 @@ def _own_outputs(outs: Outputs):
     """Rank 0: the outputs' lock for the run; stale temporaries of killed runs go."""
     lock = outs.near.with_name(f".{outs.near.name}.lock")
     with exclusive_lock(lock, f"output {outs.near}", remove=True):
-        stale = [t for p in outs.paths for t in stale_temps(p)]
+        stale = [t for p in (*outs.paths, stac_path(outs.near)) for t in stale_temps(p)]
         if stale:
             log.warning("removing %d temporary file(s) left by an interrupted run: %s",
                         len(stale), ", ".join(t.name for t in stale))  # fmt: skip
@@ -218,8 +229,8 @@ def _tags(emb, source: RasterSource, opts) -> dict[str, str]:
         "RSFM_VERSION": __version__,
         "RSFM_FEATURES": str(emb.dim),
         "RSFM_TOKEN_PX": str(source.layout.token_px),
-        "RSFM_TILE": str(opts.tile),
-        "RSFM_OVERLAP": str(opts.overlap),
+        "RSFM_TILE": str(source.layout.tile),  # the tile used (smaller for small rasters)
+        "RSFM_OVERLAP": str(source.layout.overlap),
         "RSFM_POSITIONS": opts.positions,
         "RSFM_RESOLUTION": opts.resolution,
         "RSFM_INPUTS": json.dumps(inputs, sort_keys=True),
@@ -257,57 +268,164 @@ class _NpzChips:
         }
 
 
-def finalize(
-    emb, source, data: Path, mask: Path, outs: Outputs, opts, chip_tok: int, signals=None
-) -> None:
-    """All outputs from the intermediate; renamed into place only when all are written
-    (and no signal arrived: ``signals``, a :class:`_Signals`)."""
-    layout, temps = source.layout, []
+class OutputSink:
+    """Every output written from the token rows as the stream flushes them (issue 18: no
+    separate finalize pass): the COG (:class:`rsfm_core.io.cog.StreamingCog`), the chips
+    (GeoParquet, npz) of each completed strip of ``chip_tok`` rows, the ``.npy`` behind the
+    npz, and the per-band range (int8). Rows come in order. :meth:`finish` completes the
+    files under temporary names (``self.finals``); :meth:`abort` removes them all.
+    ``resolution="pixel"`` keeps a token intermediate and GDAL's warp + COG copy at the
+    end (upsampling needs neighbouring rows; not streamed)."""
+
+    def __init__(self, emb, source, outs: Outputs, opts, chip_tok: int) -> None:
+        layout, self.dim, self.opts = source.layout, emb.dim, opts
+        self.emb, self.source, self.outs, self.chip_tok = emb, source, outs, chip_tok
+        self.temps: list[Path] = []
+        self.finals: dict[str, Path] = {}
+        self.cog = self.pixel = self.chips = self.npy = self.npz_chips = None
+        try:
+            for key, path, suffix in (("out", outs.out, ".tif"), ("parquet", outs.parquet,
+                                      ".parquet"), ("npz", outs.npz, ".npz")):  # fmt: skip
+                if path is not None:
+                    self.finals[key] = temp_path(path, "final", suffix)
+                    self.temps.append(self.finals[key])
+            self.targets = {k: getattr(outs, k) for k in self.finals}
+            self.targets["stac"] = stac_path(outs.near)  # the run's STAC Item
+            self.finals["stac"] = temp_path(self.targets["stac"], "final", ".json")
+            self.temps.append(self.finals["stac"])
+            tok = layout.tokens
+            if outs.out is not None and opts.resolution == "token":
+                self.cog = StreamingCog(self.finals["out"], tok, emb.dim, opts.dtype,
+                                        opts.blocksize, opts.compress, outs.out)  # fmt: skip
+            elif outs.out is not None:
+                self.pixel = (temp_path(outs.near, "data", ".tif"),
+                              temp_path(outs.near, "mask", ".tif"))  # fmt: skip
+                self.temps += list(self.pixel)
+                self.pixel_sink = writers.TiffSink(*self.pixel, tok, emb.dim)
+            if outs.parquet is not None:
+                tmp = temp_path(outs.parquet, "rows", ".parquet")
+                self.temps.append(tmp)
+                prov = {"model": emb.info.name, "sha256": emb.info.sha256,
+                        "chip_px": chip_tok * layout.token_px}  # fmt: skip
+                self.chips = ChipWriter(tmp, emb.dim, _chip_context(emb, source, chip_tok), prov)
+            if outs.npz is not None:
+                tmp = temp_path(outs.npz, "npy", ".npy")
+                self.temps.append(tmp)
+                dt = np.float32 if opts.dtype == "float32" else np.float16
+                self.npy = writers.NpyWriter(tmp, dt, (emb.dim, tok.height, tok.width))
+                self.npz_chips = _NpzChips()
+        except BaseException:
+            self.abort()
+            raise
+        self.lo = np.full(emb.dim, np.inf)
+        self.hi = np.full(emb.dim, -np.inf)
+        self.strip = np.empty((emb.dim, chip_tok, tok.width), np.float32)
+        self.strip_bits = np.zeros((chip_tok, tok.width), np.uint16)
+        self.strip_row, self.strip_n = 0, 0
+
+    def write(self, rows) -> None:
+        """Token rows ``rows.row ..`` (:class:`~rsfm_core.inference.stitching.Rows`)."""
+        dense, bits = rows.dense, rows.bits
+        flat = dense.reshape(dense.shape[0], -1)  # fmin/fmax skip NaN without a copy
+        self.lo = np.fmin(self.lo, np.fmin.reduce(flat, axis=1))
+        self.hi = np.fmax(self.hi, np.fmax.reduce(flat, axis=1))
+        if self.npy is not None:
+            self.npy.write_rows(rows.row, dense)
+        if self.cog is not None:
+            self.cog.write(rows.row, dense)
+        if self.pixel is not None:
+            self.pixel_sink.write(rows)
+        if self.chips is not None or self.npz_chips is not None:
+            i, n = 0, dense.shape[1]
+            while i < n:
+                k = min(self.chip_tok - self.strip_n, n - i)
+                self.strip[:, self.strip_n : self.strip_n + k] = dense[:, i : i + k]
+                self.strip_bits[self.strip_n : self.strip_n + k] = bits[i : i + k]
+                self.strip_n, i = self.strip_n + k, i + k
+                if self.strip_n == self.chip_tok:
+                    self._chips()
+
+    def _chips(self) -> None:
+        if not self.strip_n:
+            return
+        n = self.strip_n
+        chips = writers.chips_of_strip(self.strip[:, :n], self.strip_bits[:n], self.strip_row,
+                                       self.chip_tok)  # fmt: skip
+        for fn in (self.chips.write if self.chips else None, self.npz_chips):
+            if fn is not None:
+                fn(chips)
+        self.strip_row += n
+        self.strip_n = 0
+
+    def finish(self) -> None:
+        """Complete every output under its temporary name (``self.finals``)."""
+        self._chips()
+        tags = _tags(self.emb, self.source, self.opts)
+        scale = offset = None
+        if self.opts.dtype == "int8":
+            scale, offset = writers.int8_params(self.lo, self.hi)
+            tags["RSFM_QUANTIZATION"] = writers.INT8_NOTE
+        if self.cog is not None:
+            self.cog.close(tags, scale, offset)
+        if self.pixel is not None:
+            self.pixel_sink.close()
+            spec = writers.CogSpec(self.opts.dtype, self.opts.resolution, self.opts.blocksize,
+                                   self.opts.compress)  # fmt: skip
+            stats = writers.Scan(self.lo, self.hi)
+            writers.write_cog(self.pixel[0], self.finals["out"], spec, stats, tags,
+                              self.source.layout.grid)  # fmt: skip
+        if self.chips is not None:
+            self.chips.finish(self.finals["parquet"])
+        if self.npy is not None:
+            self.npy.close()
+            extra = self.npz_chips.arrays(self.dim, self.source.layout.token_px)
+            writers.write_npz(self.finals["npz"], self.npy.array(), self.source.layout.tokens,
+                              extra)  # fmt: skip
+        names = {"out": "embeddings", "parquet": "chips", "npz": "npz"}
+        assets = {names[k]: p for k, p in self.targets.items() if k in names}
+        grid = self.source.layout.tokens
+        if self.opts.resolution == "pixel":
+            grid = self.source.layout.grid
+        item = stac_item(self.targets["stac"].name.removesuffix(".stac.json"), grid, tags,
+                         assets, self.targets["stac"], self.opts.dtype)  # fmt: skip
+        write_item(self.finals["stac"], item)
+
+    def close(self) -> None:
+        if self.npy is not None:
+            self.npy.close()
+        if self.pixel is not None:
+            self.pixel_sink.close()
+
+    def abort(self) -> None:
+        """Remove every temporary (and the not yet renamed outputs)."""
+        self.close()
+        if self.cog is not None:
+            self.cog.abort()
+        remove_quietly(*self.temps)
+
+
+def finalize(sink: OutputSink, outs: Outputs, signals=None) -> None:
+    """Complete the outputs the sink streamed and rename each into place, only when all
+    are written (and no signal arrived: ``signals``, a :class:`_Signals`)."""
     signals = signals or _Signals()
     try:
-        on_chips, npy, npz_chips, chips = [], None, None, None
-        if outs.parquet is not None:
-            tmp = temp_path(outs.parquet, "rows", ".parquet")
-            temps.append(tmp)
-            prov = {
-                "model": emb.info.name,
-                "sha256": emb.info.sha256,
-                "chip_px": chip_tok * layout.token_px,
-            }
-            chips = ChipWriter(tmp, emb.dim, _chip_context(emb, source, chip_tok), prov)
-            on_chips.append(chips.write)
-        if outs.npz is not None:
-            tmp = temp_path(outs.npz, "npy", ".npy")
-            temps.append(tmp)
-            dt = np.float32 if opts.dtype == "float32" else np.float16
-            shape = (emb.dim, layout.tokens.height, layout.tokens.width)
-            npy = writers.NpyWriter(tmp, dt, shape)
-            npz_chips = _NpzChips()
-            on_chips.append(npz_chips)
-        stats = writers.scan(data, mask, chip_tok, on_chips, npy)
-        finals = {}
-        for key, path, suffix in (("out", outs.out, ".tif"), ("parquet", outs.parquet, ".parquet"),
-                                  ("npz", outs.npz, ".npz")):  # fmt: skip
-            if path is not None:
-                finals[key] = temp_path(path, "final", suffix)
-                temps.append(finals[key])
-        if outs.out is not None:
-            spec = writers.CogSpec(opts.dtype, opts.resolution, opts.blocksize, opts.compress)
-            tags = _tags(emb, source, opts)
-            writers.write_cog(data, finals["out"], spec, stats, tags, layout.grid)
-        if chips is not None:
-            chips.finish(finals["parquet"])
-        if npy is not None:
-            npy.close()
-            extra = npz_chips.arrays(emb.dim, layout.token_px)
-            writers.write_npz(finals["npz"], npy.array(), layout.tokens, extra)
+        sink.finish()
         with signals.defer():  # all written: now rename each into place
-            for key in finals:
-                commit(finals[key], getattr(outs, key))
+            for key, tmp in sink.finals.items():
+                commit(tmp, sink.targets[key])
     finally:
-        if npy is not None:
-            npy.close()
-        remove_quietly(*temps)
+        sink.abort()
+
+
+def _replay(data: Path, mask: Path, sink: OutputSink, step: int = 64) -> None:
+    """Rank 0 of a multi-rank run: the merged intermediate's rows into ``sink``."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(data) as ds, rasterio.open(mask) as ms:
+        for r in range(0, ds.height, step):
+            win = Window(0, r, ds.width, min(step, ds.height - r))
+            sink.write(Rows(r, ds.read(window=win), ms.read(1, window=win)))
 
 
 def _merge(parts: list[tuple[Path, Path]], bands, layout, near: Path, dim: int):
@@ -325,10 +443,20 @@ def _merge(parts: list[tuple[Path, Path]], bands, layout, near: Path, dim: int):
     return data, mask
 
 
-def _compute(emb, source, d, bands, opts, timer, near):
-    part = (temp_path(near, f"part{d.rank}", ".tif"),
-            temp_path(near, f"mask{d.rank}", ".tif"))  # fmt: skip
+def _compute(emb, source, d, bands, opts, timer, outs, chip_tok):
+    """Stream this rank's bands: one rank writes the outputs directly (an
+    :class:`OutputSink`); several write per-rank intermediates for rank 0 to merge."""
     mine = [b for b in bands if b.index % d.world == d.rank]
+    if not d.active:
+        sink = OutputSink(emb, source, outs, opts, chip_tok)
+        try:
+            counts = stream(emb.forward_tiles, emb.dim, source, mine, sink, opts, timer)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink, counts
+    part = (temp_path(outs.near, f"part{d.rank}", ".tif"),
+            temp_path(outs.near, f"mask{d.rank}", ".tif"))  # fmt: skip
     try:
         sink = writers.TiffSink(*part, source.layout.tokens, emb.dim)
         try:
@@ -364,9 +492,20 @@ def _run(emb, source, outs: Outputs, opts, chip_tok: int, timer: dict, signals: 
         bands = distributed.plan_bands(layout, d.world, opts.rows_per_band)
         part, counts, err = None, (0, 0), None
         try:
-            part, counts = _compute(emb, source, d, bands, opts, timer, outs.near)
+            part, counts = _compute(emb, source, d, bands, opts, timer, outs, chip_tok)
         except Exception as e:  # reported to the other ranks, then re-raised
             err = _as_no_space(e, needs) or e
+        if not d.active:  # one rank: ``part`` is the OutputSink that streamed the outputs
+            if err is not None:
+                raise err
+            t0 = time.perf_counter()
+            try:
+                finalize(part, outs, signals)
+            except Exception as e:
+                raise _as_no_space(e, needs) or e from None
+            finally:
+                timer["finalize"] = time.perf_counter() - t0
+            return [counts]
         parts = distributed.gather(d, part)
         if not distributed.agree(d, err is None):
             remove_quietly(*(part or ()))
@@ -376,9 +515,15 @@ def _run(emb, source, outs: Outputs, opts, chip_tok: int, timer: dict, signals: 
         if d.rank == 0:
             t0 = time.perf_counter()
             try:
-                merged = _merge(parts, bands, layout, outs.near, emb.dim) if d.active else part
+                merged = _merge(parts, bands, layout, outs.near, emb.dim)
                 try:
-                    finalize(emb, source, *merged, outs, opts, chip_tok, signals)
+                    sink = OutputSink(emb, source, outs, opts, chip_tok)
+                    try:
+                        _replay(*merged, sink)
+                    except BaseException:
+                        sink.abort()
+                        raise
+                    finalize(sink, outs, signals)
                 finally:
                     remove_quietly(*merged, *(p for pr in parts for p in pr))
             except Exception as e:
@@ -397,8 +542,13 @@ def run(emb, inputs, out, parquet, npz, opts):
     outs = Outputs.check(out, parquet, npz)
     source = RasterSource(emb.config, inputs, opts.tile, opts.overlap, opts.region)
     layout = source.layout
+    if opts.dtype == "auto":
+        px = layout.token_px**2 if opts.resolution == "pixel" else 1
+        dt = auto_dtype(layout.tokens.height * px, layout.tokens.width, emb.dim)
+        opts = dataclasses.replace(opts, dtype=dt)
+        log.info("dtype auto: %s COG values", dt)
     notes = missing_report(emb.config, source.preflight)
-    chip = opts.chip or opts.tile
+    chip = opts.chip or layout.tile
     if chip % layout.token_px:
         raise ValueError(
             f"chip {chip} px must be a multiple of the token size {layout.token_px} px"
@@ -419,4 +569,4 @@ def run(emb, inputs, out, parquet, npz, opts):
     return result
 
 
-__all__ = ["Interrupted", "Outputs", "RasterError", "finalize", "run", "space_needed"]
+__all__ = ["Interrupted", "OutputSink", "Outputs", "RasterError", "finalize", "run", "space_needed"]

@@ -85,6 +85,9 @@ class Layout:
 
 
 def make_layout(grid: Grid, token_px: int, tile: int, overlap: int) -> Layout:
+    """Tiles of ``tile`` px stepping ``tile - overlap``; a raster smaller than one tile
+    gets one tile of its own size rounded up to whole tokens (no overlap), so a 64 px
+    chip costs a 64 px forward pass, not a 256 px one."""
     if tile % token_px or overlap % token_px:
         raise ValueError(
             f"tile {tile} and overlap {overlap} px must be multiples of the token size "
@@ -92,6 +95,9 @@ def make_layout(grid: Grid, token_px: int, tile: int, overlap: int) -> Layout:
             f"{max(1, round(tile / token_px)) * token_px}, overlap "
             f"{round(overlap / token_px) * token_px}"
         )
+    side = max(grid.height, grid.width)
+    if side < tile:  # smaller than one tile: one tile, shrunk to the raster (issue 17)
+        tile, overlap = -(-side // token_px) * token_px, 0
     all_tiles = tiles(grid.height, grid.width, tile, overlap)
     rows: dict[int, list[Tile]] = {}
     for t in all_tiles:

@@ -205,6 +205,8 @@ def cog_copy(src, dst: str | os.PathLike, compress: str, blocksize: int, **extra
     run under :func:`defined_padding` so that their bytes are reproducible."""
     from rasterio.shutil import copy as rio_copy
 
+    side = max(16, -(-max(src.height, src.width) // 16) * 16)
+    blocksize = min(blocksize, side)  # a small map is one small tile, not a 256 px one
     with defined_padding() if int(extra.get("nbits", 0)) == 16 else nullcontext():
         rio_copy(
             src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
@@ -276,7 +278,7 @@ class Scan:
     band_max: np.ndarray
 
 
-def _chips_of_strip(dense, bits, row0: int, chip: int) -> list[dict]:
+def chips_of_strip(dense, bits, row0: int, chip: int) -> list[dict]:
     """Pooled vectors of the chips in one strip of token rows ``dense`` (D, n, W)."""
     D, n, W = dense.shape
     out = []
@@ -353,13 +355,18 @@ def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: NpyWriter | None =
             lo = np.fmin(lo, np.fmin.reduce(flat, axis=1))
             hi = np.fmax(hi, np.fmax.reduce(flat, axis=1))
             if on_chips:
-                chips = _chips_of_strip(dense, bits, r, chip)
+                chips = chips_of_strip(dense, bits, r, chip)
                 for fn in on_chips:
                     fn(chips)
     return Scan(lo, hi)
 
 
 # ---------------------------------------------------------------------------- COG
+
+
+INT8_NOTE = (
+    "int8 linear per band: value = q * scale + offset (GDAL band scale/offset); -128 = nodata"
+)
 
 
 def int8_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -431,8 +438,7 @@ def write_cog(
             temps.append(q)
             _quantize(src, q, scale, offset)
             src = q
-            tags = {**tags, "RSFM_QUANTIZATION": "int8 linear per band: value = q * scale + "
-                    "offset (GDAL band scale/offset); -128 = nodata"}  # fmt: skip
+            tags = {**tags, "RSFM_QUANTIZATION": INT8_NOTE}
         elif spec.dtype == "float16":
             extra["nbits"] = 16
         with rasterio.open(src, "r+") as ds:

@@ -19,18 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rsfm_core.io import writers  # noqa: E402
+from rsfm_core.inference.run import OutputSink  # noqa: E402
 from tests.inference.conftest import S2_DATES, make_scene  # noqa: E402
 
 
 def at_finalize(action) -> None:
-    real = writers.scan
+    real = OutputSink.finish
 
-    def scan(*args, **kwargs):
+    def finish(*args, **kwargs):
         action()
         return real(*args, **kwargs)
 
-    writers.scan = scan
+    OutputSink.finish = finish
 
 
 def cli_args(ckpt: str, scene: dict, out: Path) -> list[str]:

@@ -75,8 +75,10 @@ def test_two_ranks_equal_one(micro, scene, tmp_path):
     assert pq.read_table(one.parquet).equals(pq.read_table(tmp_path / "two.parquet"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "one.parquet",
+        "one.stac.json",
         "one.tif",
         "two.parquet",
+        "two.stac.json",
         "two.tif",
     ]
     assert "RESULT" in logs[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import rsfm_core as rs
-from rsfm_core.io import writers
+from rsfm_core.io import cog
 
 from .conftest import inputs_of, micro_embedder
 from .fault_driver import FINE_SWEEP_KB, SWEEP_KB
@@ -106,7 +106,7 @@ def test_a_write_error_of_a_full_disk_says_no_space_and_cleans_up(micro, scene, 
         monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4096))
         raise RasterioIOError("TIFFAppendToStrip:Write error at scanline 0")
 
-    monkeypatch.setattr(writers, "cog_copy", full)
+    monkeypatch.setattr(cog, "gdal_tags", full)
     with pytest.raises(OSError, match=rf"no space left on {out} .*Write error at scanline"):
         micro.embed_rasters(inputs_of(scene), out / "e.tif", npz=out / "e.npz", tile=32,
                             overlap=8, progress=False)  # fmt: skip
@@ -135,7 +135,7 @@ def test_a_really_full_disk_never_kills_the_run_or_leaves_temporaries(ckpt, tmp_
     for ln in lines:
         outcome, left = ln.split(" -> ", 1)[1].split(" | left=")
         if outcome == "OK":
-            assert left == "['c.parquet', 'e.npz', 'e.tif']", ln
+            assert left == "['c.parquet', 'e.npz', 'e.stac.json', 'e.tif']", ln
         else:
             assert outcome.startswith(f"NoSpaceError: [Errno 28] no space left on {disk}"), ln
             assert left == "[]", ln
@@ -151,7 +151,7 @@ def test_ctrl_c_swallowed_inside_gdal_still_aborts_and_keeps_the_old_outputs(
 ):
     """rasterio/GDAL can swallow a KeyboardInterrupt raised in one of its callbacks; the
     run must notice the signal anyway, before it replaces anything."""
-    real = writers.cog_copy
+    real = cog.gdal_tags
 
     def swallowing(*args, **kwargs):
         try:
@@ -161,7 +161,7 @@ def test_ctrl_c_swallowed_inside_gdal_still_aborts_and_keeps_the_old_outputs(
             pass  # ... and the exception dies inside the C library
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(writers, "cog_copy", swallowing)
+    monkeypatch.setattr(cog, "gdal_tags", swallowing)
     out = tmp_path / "out"
     old = _old_outputs(out)
     with pytest.raises(KeyboardInterrupt, match="SIGINT"):
@@ -187,14 +187,14 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(ckpt, tmp_path,
     out = tmp_path / "out"
     assert p.returncode == -signal.SIGKILL
     left = _hidden(out)
-    assert any(".e.tif.part0." in n for n in left), left  # the intermediate, at least
+    assert any(".e.tif.l0." in n for n in left), left  # the COG's streamed level, at least
     emb = rs.Embedder.from_pretrained(ckpt, device="cpu")
     scene = {"s2": sorted((tmp_path / "scene").glob("s2_*.tif"))}
     emb.embed_rasters({"s2": rs.RasterInput("sentinel2_l2a", [str(f) for f in scene["s2"]])},
                       out / "e.tif", parquet=out / "c.parquet", npz=out / "e.npz", tile=32,
                       overlap=8, progress=False)  # fmt: skip
     assert _hidden(out) == [] and "left by an interrupted run" in caplog.text
-    assert sorted(q.name for q in out.iterdir()) == ["c.parquet", "e.npz", "e.tif"]
+    assert sorted(q.name for q in out.iterdir()) == ["c.parquet", "e.npz", "e.stac.json", "e.tif"]
 
 
 def test_a_second_run_on_the_same_output_is_refused(ckpt, tmp_path):
@@ -212,4 +212,9 @@ def test_a_second_run_on_the_same_output_is_refused(ckpt, tmp_path):
     finally:
         (tmp_path / "go").touch()
         p.kill()
-    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["c.parquet", "e.npz", "e.tif"]
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == [
+        "c.parquet",
+        "e.npz",
+        "e.stac.json",
+        "e.tif",
+    ]
