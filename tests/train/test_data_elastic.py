@@ -129,3 +129,28 @@ def test_elastic_resume_is_refused_where_it_cannot_be_exact(shards, tmp_path):
     with pytest.raises(ValueError, match="data.source=mixed.*data.workers"):
         make_loader(mixed, start=mixed_saved)
     assert DataPosition.from_dict(old[0]).layout == 1
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 3)])
+def test_synthetic_source_resumes_elastically(world, workers):
+    """Synthetic scenes: a group is one scene; 10 scenes over 4 streams (3, 3, 2, 2)."""
+
+    def cfg(w: int):
+        return load_config("tiny_cpu", ["data.crop_size=12", "data.dates_per_view=2",
+                                        "data.synthetic_samples=10", "data.synthetic_size=24",
+                                        f"data.workers={w}", "deepspeed.micro_batch=2"])  # fmt: skip
+
+    def run(w_size, w, start, n):
+        keys, states = [], []
+        for r in range(w_size):
+            loader = make_loader(cfg(w), rank=r, world_size=w_size, start=start,
+                                 epochs=EPOCHS if n is None else None)  # fmt: skip
+            it = iter(loader) if n is None else itertools.islice(iter(loader), n)
+            keys += [k for b in it for k in b.sample_ids]
+            states.append(json.loads(json.dumps(loader.state().to_dict())))
+        return keys, states
+
+    head, saved = run(2, 2, None, 3)  # 3 batches a rank: the streams stand in epochs 0, 1, 2
+    tail, _ = run(world, workers, saved, None)
+    counts = collections.Counter(head + tail)
+    assert len(counts) == 10 and set(counts.values()) == {EPOCHS}, counts

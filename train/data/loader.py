@@ -10,14 +10,16 @@ stream ``s = rank * W + worker`` of ``S = world_size * W`` streams reads a disjo
 the data and runs through epochs on its own, forever (training counts steps, not epochs;
 ``epochs=`` stops after that many, for evaluation and tests).
 
-- Shards: in epoch e the shard list is permuted by ``(seed, e)`` and stream s takes every
-  S-th shard. Its shards are read in groups of ``data.shuffle_shards``, streamed through a
-  shuffle buffer of ``data.shuffle_buffer`` samples (:func:`_shuffle_buffer`, draws seeded
-  by ``(seed, e, s, group)``): memory is bounded by the buffer, not the shard size.
+- Shards: in epoch e the shard list is permuted by ``(seed, e)`` and cut into global
+  groups of ``data.shuffle_shards`` shards; group g is streamed through a shuffle buffer
+  of ``data.shuffle_buffer`` samples (:func:`_shuffle_buffer`, draws seeded by
+  ``(seed, e, g)``), so its samples and their order depend on ``(seed, e, g)`` only, not
+  on the stream reading it. Stream s takes groups ``s, s + S, ...``. Memory is bounded by
+  the buffer, not the shard size.
 - Synthetic: sample i (scene seed derived from ``(seed, i)``) belongs to stream ``i % S``
   and each epoch visits that stream's samples in a permutation seeded by ``(seed, e, s)``.
   A stream keeps the scenes it made (up to ``data.synthetic_cache_mb``): after the first
-  epoch, generation costs nothing.
+  epoch, generation costs nothing. For elastic resume a group is one scene.
 - Mixed (``data.source: mixed``, ``data.mix``): several sources (shard folders or the
   synthetic source), each with its own view size and dates per view. Every micro-batch
   comes from ONE source (its samples share sensors, bands and chip size, so they collate),
@@ -35,6 +37,16 @@ batch is next. A DataLoader hands batches out round-robin from worker 0, so a re
 loader renames its workers (physical ``i`` runs stream ``(i + next_worker) % W``): it
 yields exactly the batches the uninterrupted run would have. This holds while streams
 are endless; with ``epochs=`` set, streams that end early change the round-robin.
+
+Elastic resume (:func:`elastic_position`; another world size or ``data.workers``):
+``start`` is the list of EVERY rank's saved position. From them the loader computes,
+epoch by epoch, the groups no old stream finished and how many samples of each partly
+read one were handed out (a group replays its buffer deterministically, so the samples
+still in a buffer are simply the rest of that group); these ``[epoch, group, done]``
+are dealt round-robin to the new streams as their ``plan``, and after it every new
+stream starts the next epoch on the new round-robin split. No sample of an interrupted
+epoch is repeated or skipped (corrupt ones aside); what changes is the order and which
+rank reads what. Not for ``data.source: mixed`` (refused).
 
 Corrupt samples (undecodable members, truncated tars) are logged and remembered per
 stream by identity (shard URL + sample key, or shard URL + tar error), in the position:
@@ -778,7 +790,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     seed: int | None = None,
-    start: DataPosition | Mapping[str, Any] | None = None,
+    start: Any = None,
     *,
     patches: Mapping[str, int] | None = None,
     epochs: int | None = None,
@@ -787,7 +799,9 @@ def make_loader(
     """The ViewPair stream of ``rank`` of ``world_size`` (micro-batches of
     ``cfg.deepspeed.micro_batch``), deterministic given ``(seed, rank, world_size,
     data.workers, start)``. ``seed``: default ``cfg.run.seed``; ``start``: a saved
-    :class:`DataPosition` (or its dict) to resume from; ``patches``: modality -> patch
+    :class:`DataPosition` (or its dict) to resume from, or the list of EVERY rank's
+    (needed when the world size or ``data.workers`` differs: elastic resume, see
+    :func:`elastic_position`); ``patches``: modality -> patch
     overrides (default: the model config's); ``epochs``: stop each stream after that many
     epochs (default: endless)."""
     _check_data(cfg)
