@@ -67,18 +67,19 @@ def _check(res: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_resume_as_one_process(tmp_path):
+def test_two_gloo_ranks_resume_as_one_process_and_back(tmp_path):
     """`rsfm pretrain` on 2 processes (ZeRO-0 fp32, 1 data worker each) to a checkpoint at
-    step 2, then `--resume` on 1 process with data.workers=2 to step 4."""
+    step 2, `--resume` on 1 process with data.workers=2 to step 4, then on 2 again."""
     run = tmp_path / "run"
-    over = micro_overrides(run, 0, optim__total_steps=4, run__ckpt_every=2, run__keep_ckpts=2)
+    over = micro_overrides(run, 0, optim__total_steps=6, run__ckpt_every=2, run__keep_ckpts=3)
     cli = ["-m", "rsfm_train.pretrain", "--config", "tiny_cpu", "--no-progress"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     _check(subprocess.run([*two, *cli, "--max-steps", "2", *over, "data.workers=0"], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=600))  # fmt: skip
     ckpt = run / "checkpoints" / "step_00000002"
     assert json.loads((ckpt / "rsfm_state.json").read_text())["world_size"] == 2
-    res = subprocess.run([sys.executable, *cli, "--resume", *over, "data.workers=2"], cwd=REPO,
+    res = subprocess.run([sys.executable, *cli, "--resume", "--max-steps", "4", *over,
+                          "data.workers=2"], cwd=REPO,
                          env=_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     _check(res)
     assert "elastic" in res.stdout + res.stderr
@@ -91,3 +92,9 @@ def test_two_gloo_ranks_resume_as_one_process(tmp_path):
     assert not (final / "rsfm_rank_00001.safetensors").exists()
     (pos,) = read_positions(final)
     assert (pos.world_size, pos.workers, pos.batches) == (1, 2, 2)
+    # and back to 2 ranks (rank 1 has no file in a 1-rank checkpoint: seeded RNG, re-split data)
+    _check(subprocess.run([*two, *cli, "--resume", *over, "data.workers=1"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=600))  # fmt: skip
+    assert [r["samples"] for r in read_metrics(run)] == [4, 4, 2, 2, 4, 4]
+    info = json.loads((run / "checkpoints" / "step_00000006" / "rsfm_state.json").read_text())
+    assert info["world_size"] == 2 and info["samples"] == 20
