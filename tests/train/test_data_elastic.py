@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,17 @@ def test_elastic_resume_is_refused_where_it_cannot_be_exact(shards, tmp_path):
     with pytest.raises(ValueError, match="data.source=mixed.*data.workers"):
         make_loader(mixed, start=mixed_saved)
     assert DataPosition.from_dict(old[0]).layout == 1
+    regroup = _cfg(shards, 0, "data.shuffle_shards=2")
+    with pytest.raises(ValueError, match="shuffle_shards=1.*shuffle_shards=2.*saved settings"):
+        make_loader(regroup, start=saved)
+
+
+def test_a_changed_group_layout_is_reported_on_an_exact_resume(shards, caplog):
+    _, saved = _run(shards, 1, 0, None, 2)
+    with caplog.at_level(logging.WARNING, logger="rsfm_train"):
+        make_loader(_cfg(shards, 0, "data.shuffle_buffer=3"), start=saved[0])
+    assert any("buffer=2" in r.getMessage() and "not exact" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 @pytest.mark.parametrize("world,workers", [(1, 0), (2, 3)])

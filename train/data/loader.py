@@ -144,6 +144,7 @@ class DataPosition:
     next_worker: int = 0  # the stream whose batch comes next
     batches: int = 0  # batches handed out
     layout: int = LAYOUT  # how groups are formed (absent: 1, before elastic resume)
+    groups: str = ""  # the group layout read (_groups_key): checked on resume
 
     @staticmethod
     def start(rank: int, world_size: int, workers: int) -> DataPosition:
@@ -682,6 +683,29 @@ def _mixed(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]], seed: int) 
     return MixedSource(parts, weights, names)
 
 
+def _groups_key(source: Any) -> str:
+    """What fixes the groups' content and order (not the shard contents themselves)."""
+    if isinstance(source, ShardSource):
+        return f"shards={len(source.urls)},shuffle_shards={source.group},buffer={source.buffer}"
+    if isinstance(source, SyntheticSource):
+        return f"synthetic_samples={source.n}"
+    return "mixed"
+
+
+def _check_groups(saved: str, source: Any, elastic: bool) -> None:
+    now = _groups_key(source)
+    if not saved or saved == now:
+        return
+    msg = (
+        f"the data position was saved reading {saved}; this run reads {now}: the shard "
+        "groups differ (data.shards, data.shuffle_shards, data.shuffle_buffer or "
+        "data.synthetic_samples changed)"
+    )
+    if elastic:
+        raise ValueError(f"cannot resume elastically: {msg}; resume with the saved settings")
+    log.warning("data: %s, so the rest of the current epoch is not exact", msg)
+
+
 def _leftovers(source: Any, old: list[DataPosition]) -> tuple[dict[int, list[list[int]]], int]:
     """What the old streams left of their epochs: epoch -> ``[group, samples done]`` not
     yet (fully) read, and the first epoch no old stream started on."""
@@ -736,6 +760,8 @@ def elastic_position(
             "elastic resume (layout 1); resume with the saved world size and data.workers"
         )
     old = sorted(old, key=lambda p: p.rank)
+    for p in old:
+        _check_groups(p.groups, source, elastic=True)
     left, next_epoch = _leftovers(source, old)
     n_new = world_size * W
     plans: list[list[list[int]]] = [[] for _ in range(n_new)]
@@ -756,17 +782,19 @@ def elastic_position(
         "epochs %s re-split, then epoch %d",
         n_old, old[0].workers, world_size, W, t, sorted(left), next_epoch,
     )  # fmt: skip
-    return DataPosition(rank, world_size, W, streams)
+    return DataPosition(rank, world_size, W, streams, groups=_groups_key(source))
 
 
 def _start_position(start: Any, source: Any, rank: int, world_size: int, W: int) -> DataPosition:
     if start is None:
-        return DataPosition.start(rank, world_size, W)
+        return replace(DataPosition.start(rank, world_size, W), groups=_groups_key(source))
     many = isinstance(start, (list, tuple))
     given = start if many else [start]
     pos = [DataPosition.from_dict(p) if isinstance(p, Mapping) else copy.deepcopy(p) for p in given]
     same = [p for p in pos if (p.rank, p.world_size, p.workers) == (rank, world_size, W)]
     if same:
+        _check_groups(same[0].groups, source, elastic=False)
+        same[0].groups = _groups_key(source)
         if same[0].layout != LAYOUT:
             log.warning(
                 "data: the position was written by a loader before elastic resume (layout 1); "
