@@ -308,7 +308,9 @@ class ShardSource:
         urls = self.group_urls(epoch, g)
         shards = ",".join(urls)
         errors: list[Exception] = []
-        rng = _rng(self.seed, "shuffle", epoch, g)
+        # keyed (epoch, 0, first shard g * group): (seed, epoch, g) only, and with ONE
+        # stream the same draws as the layout-1 loader (its key: stream, shard offset)
+        rng = _rng(self.seed, "shuffle", epoch, 0, g * self.group)
         emitted = _last_flag(_shuffle_buffer(iter_shards(urls, errors), rng, self.buffer))
         for j, (raw, last) in enumerate(emitted):
             while errors:  # a known one (resumed or later epoch) is not counted again
@@ -795,12 +797,13 @@ def _start_position(start: Any, source: Any, rank: int, world_size: int, W: int)
     if same:
         _check_groups(same[0].groups, source, elastic=False)
         same[0].groups = _groups_key(source)
-        if same[0].layout != LAYOUT:
+        if same[0].layout != LAYOUT and world_size * W > 1:  # one stream: same groups
             log.warning(
                 "data: the position was written by a loader before elastic resume (layout 1); "
                 "the rest of its epoch is read with the new group layout, so samples of this "
                 "epoch may repeat or be missed"
             )
+        same[0].layout = LAYOUT  # what it writes from here on
         return same[0]
     if not many:
         p = pos[0]
