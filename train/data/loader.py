@@ -46,7 +46,7 @@ still in a buffer are simply the rest of that group); these ``[epoch, group, don
 are dealt round-robin to the new streams as their ``plan``, and after it every new
 stream starts the next epoch on the new round-robin split. No sample of an interrupted
 epoch is repeated or skipped (corrupt ones aside); what changes is the order and which
-rank reads what. Not for ``data.source: mixed`` (refused).
+rank reads what. ``data.source: mixed``: each source's positions are re-split alone.
 
 Corrupt samples (undecodable members, truncated tars) are logged and remembered per
 stream by identity (shard URL + sample key, or shard URL + tar error), in the position:
@@ -691,7 +691,29 @@ def _groups_key(source: Any) -> str:
         return f"shards={len(source.urls)},shuffle_shards={source.group},buffer={source.buffer}"
     if isinstance(source, SyntheticSource):
         return f"synthetic_samples={source.n}"
-    return "mixed"
+    return "mixed: " + "; ".join(_groups_key(src) for src, _ in source.parts)
+
+
+def _elastic_mixed(
+    source: MixedSource, old: list[DataPosition], rank: int, world_size: int, W: int
+) -> DataPosition:
+    """``data.source: mixed``: each source's positions (the ``parts`` of every old
+    stream) are re-split on their own, exactly as a single source's; the new streams
+    start their batch count (which keys the choice of source per batch) at 0."""
+    subs = []
+    for k, (src, _) in enumerate(source.parts):
+        per_rank = [
+            DataPosition(
+                p.rank,
+                p.world_size,
+                p.workers,
+                [StreamPosition(**s.parts[k]) if s.parts else StreamPosition() for s in p.streams],
+            )
+            for p in old
+        ]
+        subs.append(elastic_position(src, per_rank, rank, world_size, W))
+    streams = [StreamPosition(parts=[asdict(sub.streams[w]) for sub in subs]) for w in range(W)]
+    return DataPosition(rank, world_size, W, streams, groups=_groups_key(source))
 
 
 def _check_groups(saved: str, source: Any, elastic: bool) -> None:
@@ -739,13 +761,6 @@ def elastic_position(
     after it each new stream starts the next epoch on the round-robin group split of
     the new stream count. Every sample of the interrupted epochs is read exactly once
     (corrupt ones excepted), whatever the old and new stream counts."""
-    if isinstance(source, MixedSource):
-        raise ValueError(
-            f"cannot resume data.source=mixed on another world size or data.workers (saved: "
-            f"{old[0].world_size} ranks x {old[0].workers} workers; now {world_size} x {W}): "
-            "elastic resume is not supported for data.mix; resume with the saved world size "
-            "and data.workers"
-        )
     ranks = sorted(p.rank for p in old)
     n_old = old[0].world_size
     if ranks != list(range(n_old)) or any(
@@ -764,6 +779,8 @@ def elastic_position(
     old = sorted(old, key=lambda p: p.rank)
     for p in old:
         _check_groups(p.groups, source, elastic=True)
+    if isinstance(source, MixedSource):
+        return _elastic_mixed(source, old, rank, world_size, W)
     left, next_epoch = _leftovers(source, old)
     n_new = world_size * W
     plans: list[list[list[int]]] = [[] for _ in range(n_new)]
