@@ -122,7 +122,9 @@ def test_shard_loader_covers_the_epoch(shard_dir):
     b = batches[0]
     assert b.view1["s2"].pixels.shape[1:] == (2, 12, 12, 12) and b.index1.shape == (2, 9)
     assert loader.state().epoch == 1
-    with pytest.raises(ValueError, match="8 shards in 4 groups of data.shuffle_shards=2 for 12 streams"):
+    with pytest.raises(
+        ValueError, match="8 shards in 4 groups of data.shuffle_shards=2 for 12 streams"
+    ):
         make_loader(_cfg(shard_dir, "data.workers=3"), rank=0, world_size=4)
 
 
