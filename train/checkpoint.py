@@ -399,12 +399,54 @@ def read_state(ckpt: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def world_change_problem(ckpt: str | Path, info: dict[str, Any], world: int) -> str | None:
+    """Why ``ckpt`` (its ``rsfm_state.json`` is ``info``) cannot be resumed on ``world``
+    ranks when it was written by another number, or None when it can: only an fp32
+    ZeRO-0 checkpoint, where every rank saved and loads the full module and optimizer
+    (``mp_rank_00_model_states.pt``). ZeRO >= 1 and bf16 (DeepSpeed's bf16 optimizer, at
+    any stage) keep the optimizer in per-rank partitions (``*zero_pp_rank_*``), which
+    DeepSpeed loads only on the world size that wrote them."""
+    saved = int(info.get("world_size", world))
+    if saved == world:
+        return None
+    stage = int(info.get("zero_stage", 0))
+    parts = sorted(p.name for p in Path(ckpt).glob("*zero_pp_rank_*"))
+    if stage == 0 and not parts:
+        return None
+    why = f"ZeRO stage {stage}" if stage else f"a partitioned (bf16) optimizer ({parts[0]}, ...)"
+    return (
+        f"{ckpt} was written by {saved} ranks with {why}; this run has {world}. The "
+        f"optimizer state is split into {saved} per-rank partitions, which DeepSpeed loads "
+        f"only on {saved} ranks (DeepSpeed's universal checkpoint conversion is not wired "
+        f"into rsfm): resume on {saved} ranks (data.workers may change). Runs with "
+        "deepspeed.zero_stage=0 and deepspeed.bf16=false resume on any world size "
+        "(docs/training.md, Limits)"
+    )
+
+
+def read_positions(ckpt: str | Path) -> list[Any]:
+    """Every rank's data position in ``ckpt`` (rank order), for a resume that re-splits
+    them over another world size or ``data.workers`` (elastic resume)."""
+    from safetensors import safe_open
+
+    ckpt = Path(ckpt)
+    world = int(read_state(ckpt)["world_size"])
+    out = []
+    for r in range(world):
+        with safe_open(str(ckpt / rank_file(r)), framework="pt") as h:
+            out.append(decode_position(json.loads(h.metadata()["rsfm"])["data_position"]))
+    return out
+
+
 def load_checkpoint(
     engine: Any, ckpt: str | Path, teacher: nn.Module, loss_module: nn.Module
 ) -> tuple[TrainState, Any]:
     """Restore DeepSpeed's state, the teacher, the loss buffers and this rank's RNG
     states from the complete checkpoint folder ``ckpt``; returns the counters and this
-    rank's data position. The same world size is required (data positions are per rank).
+    rank's data position. On another world size (allowed for fp32 ZeRO-0 checkpoints
+    only, :func:`world_change_problem`) the data position returned is the list of every
+    saved rank's (the loader re-splits them), and a rank the checkpoint has no file for
+    keeps the RNG state it was seeded with.
     """
     ckpt = Path(ckpt)
     problem = verify(ckpt)
@@ -412,11 +454,9 @@ def load_checkpoint(
         raise CheckpointError(f"{ckpt} cannot be resumed from: {problem}")
     info = read_state(ckpt)
     rank, world = dist.rank(), dist.world_size()
-    if info["world_size"] != world:
-        raise CheckpointError(
-            f"{ckpt} was written by {info['world_size']} ranks; this run has {world}. Exact "
-            "resume needs the same number of ranks (each rank's data position and RNG state)"
-        )
+    problem = world_change_problem(ckpt, info, world)
+    if problem is not None:
+        raise CheckpointError(problem)
     try:
         path, _ = engine.load_checkpoint(
             str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
@@ -432,11 +472,17 @@ def load_checkpoint(
     teacher.load_state_dict(load_file(str(ckpt / TEACHER_FILE)))
     loss_module.load_state_dict(load_file(str(ckpt / LOSS_FILE)))
     f = ckpt / rank_file(rank)
-    tensors = load_file(str(f))
-    from safetensors import safe_open
+    position: Any = None
+    if f.is_file():
+        tensors = load_file(str(f))
+        from safetensors import safe_open
 
-    with safe_open(str(f), framework="pt") as h:
-        meta = json.loads(h.metadata()["rsfm"])
-    set_rng_state(tensors, meta)
+        with safe_open(str(f), framework="pt") as h:
+            meta = json.loads(h.metadata()["rsfm"])
+        set_rng_state(tensors, meta)
+        position = decode_position(meta["data_position"])
+    if info["world_size"] != world:
+        position = read_positions(ckpt)
+        log.info("resuming %d ranks' data positions on %d ranks (elastic)", len(position), world)
     log.info("resumed from %s (step %d)", ckpt, info["step"])
-    return TrainState.from_dict(info), decode_position(meta["data_position"])
+    return TrainState.from_dict(info), position

@@ -37,7 +37,9 @@ by DeepSpeed. Nothing of DeepSpeed is patched. We add:
   reads them once per ``run.log_every`` steps (and before a checkpoint), one all-reduce
   and one device-to-host copy for the whole window; step times are the window's mean.
 - **Exact resume**: see :mod:`rsfm_train.checkpoint` (teacher, prototypes, RNG, data
-  position, counters next to DeepSpeed's files). Each checkpoint records the student's
+  position, counters next to DeepSpeed's files). Another world size or ``data.workers``
+  resumes too where the optimizer state is not partitioned (fp32 ZeRO-0): the loader
+  re-splits every rank's data position (docs/data.md, elastic resume). Each checkpoint records the student's
   tensor shapes and the encoder config; :func:`check_resume` compares them with the
   config being resumed before anything is built or written.
 - **One run per folder**: rank 0 holds an exclusive lock on ``<out_dir>/.rsfm_run.lock``
@@ -80,8 +82,10 @@ from .checkpoint import (
     TrainState,
     find_latest,
     load_checkpoint,
+    read_positions,
     read_state,
     save_checkpoint,
+    world_change_problem,
 )
 from .config import PretrainConfig, WarmupCosine, config_to_dict, deepspeed_config, save_config
 from .losses import (
@@ -377,17 +381,17 @@ def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 def check_resume(ckpt: str | Path, cfg: PretrainConfig, world_size: int | None = None) -> None:
     """Raise :class:`~rsfm_train.checkpoint.CheckpointError` when the checkpoint folder
     ``ckpt`` cannot be resumed by ``cfg`` on ``world_size`` ranks (default: the launcher's
-    ``WORLD_SIZE``): other tensor shapes (a changed model or head width) or another rank
-    count. Reads JSON and builds on the meta device only: call it before anything starts."""
+    ``WORLD_SIZE``): other tensor shapes (a changed model or head width), or another rank
+    count when the optimizer state is partitioned (ZeRO >= 1 or bf16;
+    :func:`~rsfm_train.checkpoint.world_change_problem`). Reads JSON and builds on the
+    meta device only: call it before anything starts."""
     from rsfm_core.model import get_config
 
     info = read_state(ckpt)
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if info.get("world_size", world) != world:
-        raise CheckpointError(
-            f"{ckpt} was written by {info['world_size']} ranks; this run has {world}. Exact "
-            "resume needs the same number of ranks (each rank's data position and RNG state)"
-        )
+    problem = world_change_problem(ckpt, info, world)
+    if problem is not None:
+        raise CheckpointError(problem)
     saved = info.get("shapes")
     if saved is None:  # written before shapes were recorded: DeepSpeed's load will check
         return
@@ -756,6 +760,9 @@ class Trainer:
             return None
         check_resume(path, self.cfg, self.world)
         self.state, position = load_checkpoint(self.engine, path, self.teacher.module, self.loss_fn)
+        workers = getattr(position, "workers", None)
+        if workers is not None and workers != max(1, self.cfg.data.workers):
+            position = read_positions(path)  # data.workers changed: the loader re-splits all
         return position
 
     def close(self) -> None:

@@ -122,18 +122,19 @@ def test_config_is_checked_against_the_model_registry(overrides, match):
 
 
 @pytest.fixture(scope="module")
-def twelve_shards(tmp_path_factory):
-    """12 one-sample shards (the shipped multi-node configs run 10-12 loader workers)."""
+def many_shards(tmp_path_factory):
+    """24 one-sample shards: 12 groups of data.shuffle_shards=2, one per loader worker
+    of the shipped multi-node configs (10-12 workers; every stream needs a group)."""
     from rsfm_train.data.prepare import PrepareOptions, prepare_synthetic
 
     out = tmp_path_factory.mktemp("shards")
     opts = PrepareOptions(out, chip=16, samples_per_shard=1, buffer_mb=0.2, min_valid=0.0, seed=1)
-    prepare_synthetic(3, opts, size=32, num_dates=2)
+    prepare_synthetic(6, opts, size=32, num_dates=2)
     return out
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
-def test_every_shipped_yaml_builds_its_model_and_loader(path, twelve_shards):
+def test_every_shipped_yaml_builds_its_model_and_loader(path, many_shards):
     """The student (encoder + heads) on the meta device, the DeepSpeed JSON and the data
     loader of every shipped config; one batch where the data is synthetic."""
     import torch
@@ -144,7 +145,7 @@ def test_every_shipped_yaml_builds_its_model_and_loader(path, twelve_shards):
 
     cfg = load_config(path)
     if cfg.data.source == "shards":
-        cfg = load_config(path, [f"data.shards={twelve_shards}"])
+        cfg = load_config(path, [f"data.shards={many_shards}"])
     with torch.device("meta"):
         encoder = build_model(cfg.model.name, **cfg.model.overrides)
     assert set(cfg.data.modalities) <= set(encoder.config.modalities)

@@ -10,14 +10,16 @@ stream ``s = rank * W + worker`` of ``S = world_size * W`` streams reads a disjo
 the data and runs through epochs on its own, forever (training counts steps, not epochs;
 ``epochs=`` stops after that many, for evaluation and tests).
 
-- Shards: in epoch e the shard list is permuted by ``(seed, e)`` and stream s takes every
-  S-th shard. Its shards are read in groups of ``data.shuffle_shards``, streamed through a
-  shuffle buffer of ``data.shuffle_buffer`` samples (:func:`_shuffle_buffer`, draws seeded
-  by ``(seed, e, s, group)``): memory is bounded by the buffer, not the shard size.
+- Shards: in epoch e the shard list is permuted by ``(seed, e)`` and cut into global
+  groups of ``data.shuffle_shards`` shards; group g is streamed through a shuffle buffer
+  of ``data.shuffle_buffer`` samples (:func:`_shuffle_buffer`, draws seeded by
+  ``(seed, e, g)``), so its samples and their order depend on ``(seed, e, g)`` only, not
+  on the stream reading it. Stream s takes groups ``s, s + S, ...``. Memory is bounded by
+  the buffer, not the shard size.
 - Synthetic: sample i (scene seed derived from ``(seed, i)``) belongs to stream ``i % S``
   and each epoch visits that stream's samples in a permutation seeded by ``(seed, e, s)``.
   A stream keeps the scenes it made (up to ``data.synthetic_cache_mb``): after the first
-  epoch, generation costs nothing.
+  epoch, generation costs nothing. For elastic resume a group is one scene.
 - Mixed (``data.source: mixed``, ``data.mix``): several sources (shard folders or the
   synthetic source), each with its own view size and dates per view. Every micro-batch
   comes from ONE source (its samples share sensors, bands and chip size, so they collate),
@@ -35,6 +37,16 @@ batch is next. A DataLoader hands batches out round-robin from worker 0, so a re
 loader renames its workers (physical ``i`` runs stream ``(i + next_worker) % W``): it
 yields exactly the batches the uninterrupted run would have. This holds while streams
 are endless; with ``epochs=`` set, streams that end early change the round-robin.
+
+Elastic resume (:func:`elastic_position`; another world size or ``data.workers``):
+``start`` is the list of EVERY rank's saved position. From them the loader computes,
+epoch by epoch, the groups no old stream finished and how many samples of each partly
+read one were handed out (a group replays its buffer deterministically, so the samples
+still in a buffer are simply the rest of that group); these ``[epoch, group, done]``
+are dealt round-robin to the new streams as their ``plan``, and after it every new
+stream starts the next epoch on the new round-robin split. No sample of an interrupted
+epoch is repeated or skipped (corrupt ones aside); what changes is the order and which
+rank reads what. ``data.source: mixed``: each source's positions are re-split alone.
 
 Corrupt samples (undecodable members, truncated tars) are logged and remembered per
 stream by identity (shard URL + sample key, or shard URL + tar error), in the position:
@@ -72,6 +84,7 @@ __all__ = [
     "StreamPosition",
     "ViewPair",
     "ViewPairLoader",
+    "elastic_position",
     "make_loader",
 ]
 
@@ -90,9 +103,11 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
 
 @dataclass
 class StreamPosition:
-    """Where one (rank, worker) stream is: the next sample is sample ``samples_done`` of
-    the shuffled group that starts at shard ``shards_done`` of epoch ``epoch``'s list
-    (synthetic: sample ``samples_done`` of the epoch)."""
+    """Where one (rank, worker) stream is. First the ``plan`` (left by an elastic resume:
+    ``[epoch, global group, samples of it done]`` entries, done in order); then, in epoch
+    ``epoch``, the next sample is sample ``samples_done`` of the shuffled group that starts
+    at shard ``shards_done`` of the stream's list (synthetic: sample ``samples_done`` of
+    the stream's epoch order)."""
 
     epoch: int = 0
     shards_done: int = 0
@@ -101,15 +116,21 @@ class StreamPosition:
     batches: int = 0  # mixed only: batches this stream handed out
     parts: list[dict] = field(default_factory=list)  # mixed only: each source's position
     bad: list[str] = field(default_factory=list)  # the corrupt samples: "<url>#<key>"
+    plan: list[list[int]] = field(default_factory=list)  # elastic: [epoch, group, done]
 
-    def moved(self, epoch: int, shards_done: int, samples_done: int) -> StreamPosition:
+    def moved(
+        self, epoch: int, shards_done: int, samples_done: int, plan: list[list[int]] | None = None
+    ) -> StreamPosition:
         """The same stream (same known-bad samples) at another place."""
         return replace(self, epoch=epoch, shards_done=shards_done, samples_done=samples_done,
-                       bad=list(self.bad))  # fmt: skip
+                       bad=list(self.bad), plan=[list(x) for x in plan or []])  # fmt: skip
 
     def corrupt_samples(self) -> list[str]:
         """This stream's known-bad samples (a mixed stream's: its sources')."""
         return list(self.bad) + [b for d in self.parts for b in d.get("bad", [])]
+
+
+LAYOUT = 2  # 2: groups keyed by (seed, epoch, global group) (elastic); 1: per-stream groups
 
 
 @dataclass
@@ -122,6 +143,8 @@ class DataPosition:
     streams: list[StreamPosition] = field(default_factory=list)
     next_worker: int = 0  # the stream whose batch comes next
     batches: int = 0  # batches handed out
+    layout: int = LAYOUT  # how groups are formed (absent: 1, before elastic resume)
+    groups: str = ""  # the group layout read (_groups_key): checked on resume
 
     @staticmethod
     def start(rank: int, world_size: int, workers: int) -> DataPosition:
@@ -130,7 +153,7 @@ class DataPosition:
     @property
     def epoch(self) -> int:
         """The epoch every stream of this rank has reached."""
-        return min(s.epoch for s in self.streams)
+        return min(min([s.epoch] + [e for e, _, _ in s.plan]) for s in self.streams)
 
     def corrupt_samples(self) -> list[str]:
         """Every distinct corrupt sample this rank's streams skipped (``<url>#<key>``)."""
@@ -143,6 +166,7 @@ class DataPosition:
     def from_dict(d: Mapping[str, Any]) -> DataPosition:
         d = dict(d)
         d["streams"] = [StreamPosition(**s) for s in d["streams"]]  # "bad" absent before v0.2
+        d.setdefault("layout", 1)
         return DataPosition(**d)
 
 
@@ -153,7 +177,8 @@ Emitted = tuple[str, int, dict[str, ModalityData], StreamPosition]  # key, epoch
 
 class SyntheticSource:
     """``n`` synthetic scenes of ``size`` px (``rsfm_core.synthetic``), scene seed from
-    ``(seed, index)``; ``sensors``: modality name -> sensor registry name."""
+    ``(seed, index)``; ``sensors``: modality name -> sensor registry name. A group (the
+    unit of elastic re-splitting) is one scene: group g is scene g."""
 
     def __init__(
         self,
@@ -168,6 +193,10 @@ class SyntheticSource:
         self.num_dates, self.seed, self.cache_bytes = num_dates, seed, cache_mb * 2**20
         self._cache: OrderedDict[int, dict[str, ModalityData]] = OrderedDict()
         self._cached_bytes = 0
+
+    @property
+    def n_groups(self) -> int:
+        return self.n
 
     def scene_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -195,27 +224,44 @@ class SyntheticSource:
                 self._cached_bytes -= sum(d.pixels.nbytes + d.valid.nbytes for d in old.values())
         return out
 
+    def stream_groups(self, stream: int, n_streams: int, epoch: int) -> list[int]:
+        """The groups (scenes) stream ``stream`` of ``n_streams`` visits in ``epoch``, in order."""
+        own = np.arange(stream, self.n, n_streams)
+        return [
+            int(i) for i in own[_rng(self.seed, "synthetic", epoch, stream).permutation(len(own))]
+        ]
+
+    def progress(self, pos: StreamPosition) -> tuple[int, int]:
+        """(groups of the stream's epoch list done, samples of the next group done)."""
+        return pos.samples_done, 0
+
     def samples(
         self, stream: int, n_streams: int, start: StreamPosition, epochs: int | None
     ) -> Iterator[Emitted]:
-        own = np.arange(stream, self.n, n_streams)
-        if len(own) == 0:
+        if self.n < n_streams:
             raise ValueError(
                 f"data.synthetic_samples={self.n} is less than the {n_streams} streams "
                 "(world_size x workers); raise it or use fewer workers"
             )
-        pos = copy.copy(start)
+        for i, (e, g, _) in enumerate(start.plan):  # left by an elastic resume
+            if epochs is None or e < epochs:
+                after = start.moved(start.epoch, 0, start.samples_done, start.plan[i + 1 :])
+                yield f"synthetic-{g:06d}", e, self.scene(g), after
+        pos = start.moved(start.epoch, 0, start.samples_done)
         while epochs is None or pos.epoch < epochs:
-            order = own[_rng(self.seed, "synthetic", pos.epoch, stream).permutation(len(own))]
+            order = self.stream_groups(stream, n_streams, pos.epoch)
             for j in range(pos.samples_done, len(order)):
                 last = j + 1 == len(order)
                 after = pos.moved(pos.epoch + last, 0, 0 if last else j + 1)
-                yield f"synthetic-{int(order[j]):06d}", pos.epoch, self.scene(int(order[j])), after
+                yield f"synthetic-{order[j]:06d}", pos.epoch, self.scene(order[j]), after
             pos = pos.moved(pos.epoch + 1, 0, 0)
 
 
 class ShardSource:
-    """Samples of webdataset shards, shuffled within groups of ``group`` shards."""
+    """Samples of webdataset shards, shuffled within groups of ``group`` shards. In epoch
+    e, global group g is shards ``[g * group, (g + 1) * group)`` of the shard list permuted
+    by ``(seed, e)``, shuffled by ``(seed, e, g)``: a group's samples and their order do
+    not depend on the stream that reads it. Stream s of S reads groups s, s + S, ..."""
 
     def __init__(
         self, shards: ShardList, seed: int, group: int, max_corrupt: int, buffer: int = 256
@@ -223,9 +269,21 @@ class ShardSource:
         self.urls, self.seed, self.group, self.max_corrupt = shards.urls, seed, group, max_corrupt
         self.buffer = buffer
 
-    def epoch_shards(self, stream: int, n_streams: int, epoch: int) -> list[str]:
+    @property
+    def n_groups(self) -> int:
+        return -(-len(self.urls) // self.group)
+
+    def group_urls(self, epoch: int, g: int) -> list[str]:
         perm = _rng(self.seed, "shards", epoch).permutation(len(self.urls))
-        return [self.urls[i] for i in perm[stream::n_streams]]
+        return [self.urls[i] for i in perm[g * self.group : (g + 1) * self.group]]
+
+    def stream_groups(self, stream: int, n_streams: int, epoch: int) -> list[int]:
+        """The global groups stream ``stream`` of ``n_streams`` reads in ``epoch``, in order."""
+        return list(range(stream, self.n_groups, n_streams))
+
+    def progress(self, pos: StreamPosition) -> tuple[int, int]:
+        """(groups of the stream's epoch list done, samples of the next group done)."""
+        return pos.shards_done // self.group, pos.samples_done
 
     def _corrupt(self, pos: StreamPosition, stream: int, ident: str, what: str) -> None:
         """Remember one corrupt sample (once per identity); raise past the threshold."""
@@ -241,51 +299,69 @@ class ShardSource:
                 "`rsfm prepare --verify DIR`, rewrite them, or raise data.max_corrupt"
             )
 
-    def _next(self, epoch: int, g: int, done: int, n_raws: int, n_shards: int) -> tuple[int, ...]:
-        """(epoch, shards_done, samples_done) after ``done`` samples of group ``g``,
-        normalised: a finished group is the start of the next one (or the next epoch)."""
-        if done < n_raws:
-            return epoch, g, done
-        return (epoch, g + self.group, 0) if g + self.group < n_shards else (epoch + 1, 0, 0)
+    def _group(
+        self, epoch: int, g: int, skip: int, stream: int, pos: StreamPosition
+    ) -> Iterator[tuple[int, str, dict[str, ModalityData], bool]]:
+        """``(j, key, sample, is_last)`` for the decodable samples of group ``g`` of
+        ``epoch`` from emission ``skip`` on (the first ``skip`` are replayed through the
+        buffer, not decoded); corrupt ones are recorded in ``pos``."""
+        urls = self.group_urls(epoch, g)
+        shards = ",".join(urls)
+        errors: list[Exception] = []
+        # keyed (epoch, 0, first shard g * group): (seed, epoch, g) only, and with ONE
+        # stream the same draws as the layout-1 loader (its key: stream, shard offset)
+        rng = _rng(self.seed, "shuffle", epoch, 0, g * self.group)
+        emitted = _last_flag(_shuffle_buffer(iter_shards(urls, errors), rng, self.buffer))
+        for j, (raw, last) in enumerate(emitted):
+            while errors:  # a known one (resumed or later epoch) is not counted again
+                e = errors.pop(0)
+                self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
+            if j < skip:  # resuming inside this group: replayed, not decoded
+                continue
+            ident = f"{raw.get('__url__')}#{raw.get('__key__')}"
+            if ident in pos.bad:  # met before (an earlier epoch): skip quietly
+                continue
+            try:
+                sample = decode_sample(raw)
+            except CorruptSample as e:
+                self._corrupt(pos, stream, ident, f"{ident}: {e}")
+                continue
+            yield j, raw["__key__"], sample, last
+        for e in errors:  # errors after the group's last sample
+            self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
 
     def samples(
         self, stream: int, n_streams: int, start: StreamPosition, epochs: int | None
     ) -> Iterator[Emitted]:
-        epoch, first, skip = start.epoch, start.shards_done, start.samples_done
-        pos = start.moved(epoch, first, skip)  # carries the known-bad samples along
+        if self.n_groups < n_streams:
+            raise ValueError(
+                f"{len(self.urls)} shards in {self.n_groups} groups of data.shuffle_shards="
+                f"{self.group} for {n_streams} streams (world_size x data.workers): every "
+                "stream needs a group; write more, smaller shards (rsfm prepare "
+                "--samples-per-shard), lower data.shuffle_shards or use fewer workers"
+            )
+        pos = start.moved(start.epoch, start.shards_done, start.samples_done)  # keeps "bad"
+        plan = [list(x) for x in start.plan]  # left by an elastic resume
+        while plan:
+            e, g, skip = plan[0]
+            if epochs is None or e < epochs:
+                for j, key, sample, last in self._group(e, g, skip, stream, pos):
+                    rest = plan[1:] if last else [[e, g, j + 1]] + plan[1:]
+                    yield key, e, sample, pos.moved(start.epoch, start.shards_done,
+                                                    start.samples_done, rest)  # fmt: skip
+            plan.pop(0)
+        epoch, (first, skip) = start.epoch, self.progress(start)
         while epochs is None or epoch < epochs:
-            mine = self.epoch_shards(stream, n_streams, epoch)
-            if not mine:
-                raise ValueError(
-                    f"{len(self.urls)} shards for {n_streams} streams (world_size x data.workers): "
-                    f"stream {stream} gets none; write more, smaller shards (rsfm prepare "
-                    "--samples-per-shard) or use fewer workers"
-                )
-            for g in range(first, len(mine), self.group):
-                shards = ",".join(mine[g : g + self.group])
-                errors: list[Exception] = []
-                rng = _rng(self.seed, "shuffle", epoch, stream, g)
-                emitted = _last_flag(
-                    _shuffle_buffer(iter_shards(mine[g : g + self.group], errors), rng, self.buffer)
-                )
-                for j, (raw, last) in enumerate(emitted):
-                    while errors:  # a known one (resumed or later epoch) is not counted again
-                        e = errors.pop(0)
-                        self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
-                    if j < skip:  # resuming inside this group: replayed, not decoded
-                        continue
-                    ident = f"{raw.get('__url__')}#{raw.get('__key__')}"
-                    if ident in pos.bad:  # met before (an earlier epoch): skip quietly
-                        continue
-                    try:
-                        sample = decode_sample(raw)
-                    except CorruptSample as e:
-                        self._corrupt(pos, stream, ident, f"{ident}: {e}")
-                        continue
-                    after = self._next(epoch, g, j + 1, j + 1 if last else j + 2, len(mine))
-                    yield raw["__key__"], epoch, sample, pos.moved(*after)
-                for e in errors:  # errors after the group's last sample
-                    self._corrupt(pos, stream, f"{shards}#tar error: {e}", f"tar error {e}")
+            mine = self.stream_groups(stream, n_streams, epoch)
+            for k in range(first, len(mine)):
+                for j, key, sample, last in self._group(epoch, mine[k], skip, stream, pos):
+                    if not last:
+                        after = (epoch, k * self.group, j + 1)
+                    elif k + 1 < len(mine):
+                        after = (epoch, (k + 1) * self.group, 0)
+                    else:
+                        after = (epoch + 1, 0, 0)
+                    yield key, epoch, sample, pos.moved(*after)
                 skip = 0
             epoch, first = epoch + 1, 0
 
@@ -568,13 +644,18 @@ def _synthetic(
 
 
 def _check_streams(source: Any, streams: int) -> None:
-    items = len(source.urls) if isinstance(source, ShardSource) else source.n
-    if items < streams:
-        what = "shards" if isinstance(source, ShardSource) else "data.synthetic_samples"
+    if isinstance(source, ShardSource):
+        if source.n_groups < streams:
+            raise ValueError(
+                f"{len(source.urls)} shards in {source.n_groups} groups of data.shuffle_shards="
+                f"{source.group} for {streams} streams (world_size x data.workers): every "
+                "stream needs a group; write more, smaller shards (rsfm prepare "
+                "--samples-per-shard), lower data.shuffle_shards or use fewer workers"
+            )
+    elif source.n < streams:
         raise ValueError(
-            f"{items} {what} for {streams} streams (world_size x data.workers): every "
-            "stream needs at least one; write more, smaller shards (rsfm prepare "
-            "--samples-per-shard) or use fewer workers"
+            f"{source.n} data.synthetic_samples for {streams} streams (world_size x "
+            "data.workers): every stream needs at least one; raise it or use fewer workers"
         )
 
 
@@ -604,19 +685,152 @@ def _mixed(cfg: PretrainConfig, mods: Mapping[str, tuple[str, int]], seed: int) 
     return MixedSource(parts, weights, names)
 
 
-def _start_position(
-    start: DataPosition | Mapping[str, Any] | None, rank: int, world_size: int, W: int
+def _groups_key(source: Any) -> str:
+    """What fixes the groups' content and order (not the shard contents themselves)."""
+    if isinstance(source, ShardSource):
+        return f"shards={len(source.urls)},shuffle_shards={source.group},buffer={source.buffer}"
+    if isinstance(source, SyntheticSource):
+        return f"synthetic_samples={source.n}"
+    return "mixed: " + "; ".join(_groups_key(src) for src, _ in source.parts)
+
+
+def _elastic_mixed(
+    source: MixedSource, old: list[DataPosition], rank: int, world_size: int, W: int
 ) -> DataPosition:
-    if start is None:
-        return DataPosition.start(rank, world_size, W)
-    pos = DataPosition.from_dict(start) if isinstance(start, Mapping) else copy.deepcopy(start)
-    if (pos.rank, pos.world_size, pos.workers) != (rank, world_size, W):
+    """``data.source: mixed``: each source's positions (the ``parts`` of every old
+    stream) are re-split on their own, exactly as a single source's; the new streams
+    start their batch count (which keys the choice of source per batch) at 0."""
+    subs = []
+    for k, (src, _) in enumerate(source.parts):
+        per_rank = [
+            DataPosition(
+                p.rank,
+                p.world_size,
+                p.workers,
+                [StreamPosition(**s.parts[k]) if s.parts else StreamPosition() for s in p.streams],
+            )
+            for p in old
+        ]
+        subs.append(elastic_position(src, per_rank, rank, world_size, W))
+    streams = [StreamPosition(parts=[asdict(sub.streams[w]) for sub in subs]) for w in range(W)]
+    return DataPosition(rank, world_size, W, streams, groups=_groups_key(source))
+
+
+def _check_groups(saved: str, source: Any, elastic: bool) -> None:
+    now = _groups_key(source)
+    if not saved or saved == now:
+        return
+    msg = (
+        f"the data position was saved reading {saved}; this run reads {now}: the shard "
+        "groups differ (data.shards, data.shuffle_shards, data.shuffle_buffer or "
+        "data.synthetic_samples changed)"
+    )
+    if elastic:
+        raise ValueError(f"cannot resume elastically: {msg}; resume with the saved settings")
+    log.warning("data: %s, so the rest of the current epoch is not exact", msg)
+
+
+def _leftovers(source: Any, old: list[DataPosition]) -> tuple[dict[int, list[list[int]]], int]:
+    """What the old streams left of their epochs: epoch -> ``[group, samples done]`` not
+    yet (fully) read, and the first epoch no old stream started on."""
+    n_old = old[0].world_size * old[0].workers
+    streams = [(p.rank * p.workers + w, s) for p in old for w, s in enumerate(p.streams)]
+    end = max(s.epoch for _, s in streams)
+    left: dict[int, list[list[int]]] = {}
+    for i, s in streams:
+        for e, g, done in s.plan:  # a plan of an earlier elastic resume: all still to do
+            left.setdefault(e, []).append([g, done])
+        k, done = source.progress(s)
+        for e in range(s.epoch, end + 1):
+            mine = source.stream_groups(i, n_old, e)
+            if e > s.epoch:
+                k, done = 0, 0
+            left.setdefault(e, []).extend([[g, done if n == 0 else 0] for n, g in
+                                           enumerate(mine[k:])])  # fmt: skip
+    return left, end + 1
+
+
+def elastic_position(
+    source: Any, old: list[DataPosition], rank: int, world_size: int, W: int
+) -> DataPosition:
+    """Rank ``rank``'s position for ``world_size`` ranks x ``W`` streams, from the
+    positions of EVERY rank of a run with another world size or worker count.
+
+    The groups (and the samples inside a partly read one) that the old streams had not
+    read are dealt round-robin, epoch by epoch, to the new streams as their ``plan``;
+    after it each new stream starts the next epoch on the round-robin group split of
+    the new stream count. Every sample of the interrupted epochs is read exactly once
+    (corrupt ones excepted), whatever the old and new stream counts."""
+    ranks = sorted(p.rank for p in old)
+    n_old = old[0].world_size
+    if ranks != list(range(n_old)) or any(
+        (p.world_size, p.workers, len(p.streams)) != (n_old, old[0].workers, old[0].workers)
+        for p in old
+    ):
         raise ValueError(
-            f"cannot resume: the position was saved by rank {pos.rank} of {pos.world_size} "
-            f"with {pos.workers} workers, this is rank {rank} of {world_size} with {W}; "
-            "resume with the same world size and data.workers"
+            f"cannot resume elastically: need the positions of all {n_old} ranks of one run "
+            f"(got ranks {ranks}); the checkpoint is incomplete or mixed"
         )
-    return pos
+    if any(p.layout != LAYOUT for p in old):
+        raise ValueError(
+            "cannot resume elastically: the data positions were written by a loader before "
+            "elastic resume (layout 1); resume with the saved world size and data.workers"
+        )
+    old = sorted(old, key=lambda p: p.rank)
+    for p in old:
+        _check_groups(p.groups, source, elastic=True)
+    if isinstance(source, MixedSource):
+        return _elastic_mixed(source, old, rank, world_size, W)
+    left, next_epoch = _leftovers(source, old)
+    n_new = world_size * W
+    plans: list[list[list[int]]] = [[] for _ in range(n_new)]
+    t = 0
+    for e in sorted(left):
+        for g, done in sorted(left[e]):
+            plans[t % n_new].append([e, g, done])
+            t += 1
+    bad = sorted({b for p in old for s in p.streams for b in s.bad})
+    streams = [
+        StreamPosition(
+            epoch=next_epoch, corrupt=len(bad), bad=list(bad), plan=plans[rank * W + w]
+        )  # fmt: skip
+        for w in range(W)
+    ]
+    log.info(
+        "data: elastic resume from %d ranks x %d workers to %d x %d: %d unread groups of "
+        "epochs %s re-split, then epoch %d",
+        n_old, old[0].workers, world_size, W, t, sorted(left), next_epoch,
+    )  # fmt: skip
+    return DataPosition(rank, world_size, W, streams, groups=_groups_key(source))
+
+
+def _start_position(start: Any, source: Any, rank: int, world_size: int, W: int) -> DataPosition:
+    if start is None:
+        return replace(DataPosition.start(rank, world_size, W), groups=_groups_key(source))
+    many = isinstance(start, (list, tuple))
+    given = start if many else [start]
+    pos = [DataPosition.from_dict(p) if isinstance(p, Mapping) else copy.deepcopy(p) for p in given]
+    same = [p for p in pos if (p.rank, p.world_size, p.workers) == (rank, world_size, W)]
+    if same:
+        _check_groups(same[0].groups, source, elastic=False)
+        same[0].groups = _groups_key(source)
+        if same[0].layout != LAYOUT and world_size * W > 1:  # one stream: same groups
+            log.warning(
+                "data: the position was written by a loader before elastic resume (layout 1); "
+                "the rest of its epoch is read with the new group layout, so samples of this "
+                "epoch may repeat or be missed"
+            )
+        same[0].layout = LAYOUT  # what it writes from here on
+        return same[0]
+    if not many:
+        p = pos[0]
+        raise ValueError(
+            f"cannot resume: the position was saved by rank {p.rank} of {p.world_size} "
+            f"with {p.workers} workers, this is rank {rank} of {world_size} with {W}; resume "
+            "with the same world size and data.workers, or pass every rank's position (a "
+            "list, as the engine does) for an elastic resume"
+        )
+    return elastic_position(source, pos, rank, world_size, W)
 
 
 def make_loader(
@@ -624,7 +838,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     seed: int | None = None,
-    start: DataPosition | Mapping[str, Any] | None = None,
+    start: Any = None,
     *,
     patches: Mapping[str, int] | None = None,
     epochs: int | None = None,
@@ -633,7 +847,9 @@ def make_loader(
     """The ViewPair stream of ``rank`` of ``world_size`` (micro-batches of
     ``cfg.deepspeed.micro_batch``), deterministic given ``(seed, rank, world_size,
     data.workers, start)``. ``seed``: default ``cfg.run.seed``; ``start``: a saved
-    :class:`DataPosition` (or its dict) to resume from; ``patches``: modality -> patch
+    :class:`DataPosition` (or its dict) to resume from, or the list of EVERY rank's
+    (needed when the world size or ``data.workers`` differs: elastic resume, see
+    :func:`elastic_position`); ``patches``: modality -> patch
     overrides (default: the model config's); ``epochs``: stop each stream after that many
     epochs (default: endless)."""
     _check_data(cfg)
@@ -643,7 +859,6 @@ def make_loader(
     mods = _modalities(cfg, patches)
     spec = _view_spec(cfg, mods)
     W = max(1, cfg.data.workers)
-    position = _start_position(start, rank, world_size, W)
     if cfg.data.source == "synthetic":
         source: Any = _synthetic(cfg, mods, seed)
     elif cfg.data.source == "mixed":
@@ -658,6 +873,7 @@ def make_loader(
         )
     for part in source.parts if isinstance(source, MixedSource) else [(source, spec)]:
         _check_streams(part[0], world_size * W)
+    position = _start_position(start, source, rank, world_size, W)
     opts = LoaderOptions(workers=cfg.data.workers, epochs=epochs, pin_memory=pin_memory)
     loader = ViewPairLoader(source, spec, cfg.deepspeed.micro_batch, position, seed, opts)
     log.info(
