@@ -178,30 +178,38 @@ def first_path(inp: RasterInput) -> str:
 
 
 def missing_report(config, given: Mapping[str, ModalityData]) -> list[str]:
-    """Warnings for the checkpoint's modalities and bands the inputs lack."""
+    """Notes on the checkpoint's modalities and bands the inputs lack.
+
+    Decision (issue 17): a whole modality left out is normal use (the model is trained
+    with modality drop-out and takes any subset), so it is logged at INFO, not warned;
+    bands missing from a given modality change what the model sees and stay a
+    :class:`MissingInputWarning`. Both are returned (``EmbedResult.warnings``)."""
     notes = []
     absent = [f"{n} ({m.sensor})" for n, m in config.modalities.items() if n not in given]
     if absent:
-        notes.append(
+        msg = (
             f"modalities not given: {', '.join(absent)}; embedding with "
             f"{', '.join(given)} only (the model accepts missing modalities)"
         )
+        log.info("%s", msg)
+        notes.append(msg)
+    warned = []
     for n, d in given.items():
         declared = config.sensor(config.modalities[n].sensor)
         lacking = [b for b in declared.band_names if b not in d.bands]
         if lacking and len(lacking) < len(declared.band_names):
-            notes.append(
+            warned.append(
                 f"{n}: bands {', '.join(lacking)} of {declared.name} are missing from the "
                 f"input; embedding with its {len(d.bands)} bands ({', '.join(d.bands)})"
             )
         elif lacking:
-            notes.append(
+            warned.append(
                 f"{n}: input bands {', '.join(d.bands)} ({d.sensor}) share no name with "
                 f"{declared.name}; the band hypernetwork embeds them by wavelength/polarization"
             )
-    for msg in notes:
+    for msg in warned:
         warnings.warn(msg, MissingInputWarning, stacklevel=4)  # the embed_rasters caller
-    return notes
+    return notes + warned
 
 
 __all__ = [
