@@ -71,6 +71,7 @@ from rsfm_core.files import (
 )
 
 from . import dist
+from .teacher import load_teacher_state, teacher_state_dict
 
 log = logging.getLogger("rsfm_train")
 
@@ -310,8 +311,9 @@ def _write_files(engine, tmp: Path, state: TrainState, teacher, loss_module, dat
     meta["data_position"] = encode_position(data_position)
     meta.update(rank=rank, world_size=world)
     save_file(tensors, str(tmp / rank_file(rank)), metadata={"rsfm": json.dumps(meta)})
+    teacher_sd = teacher_state_dict(teacher)  # ZeRO-3: a collective (gathers in chunks)
     if rank == 0:
-        save_file(_state_dict(teacher), str(tmp / TEACHER_FILE))
+        save_file(teacher_sd, str(tmp / TEACHER_FILE))
         save_file(_state_dict(loss_module), str(tmp / LOSS_FILE))
         info = {**dataclasses.asdict(state), "tag": tmp.name[: -len(PARTIAL)], "world_size": world,
                 "zero_stage": int(engine.zero_optimization_stage()), "time": time.time(),
@@ -469,7 +471,7 @@ def load_checkpoint(
         ) from e
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt}")
-    teacher.load_state_dict(load_file(str(ckpt / TEACHER_FILE)))
+    load_teacher_state(teacher, load_file(str(ckpt / TEACHER_FILE)))  # ZeRO-3: own partition
     loss_module.load_state_dict(load_file(str(ckpt / LOSS_FILE)))
     f = ckpt / rank_file(rank)
     position: Any = None

@@ -96,7 +96,7 @@ from .losses import (
     patch_statistics,
 )
 from .metrics import CollapseMonitor, FlopCounter, MetricsWriter, count_tokens, peak_flops
-from .teacher import EMATeacher
+from .teacher import EMATeacher, param_numel, param_shape
 
 log = logging.getLogger("rsfm_train")
 
@@ -451,18 +451,33 @@ class Trainer:
         import deepspeed
 
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
-        student = build_student(cfg)
+        self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
+        if cfg.deepspeed.zero_stage == 3:
+            # parameters partitioned as they are created: no rank ever holds the whole
+            # model; the teacher is a second, float32, partitioned instance (its EMA step
+            # is then local to each rank's partition, see rsfm_train.teacher)
+            with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+                student = build_student(cfg)
+            rng = torch.get_rng_state()  # the teacher's own init draws are overwritten
+            # float32 by a config without bf16/fp16 (DeepSpeed 0.19's zero.Init ignores its
+            # ``dtype`` argument on accelerators without fp16: operator precedence)
+            fp32 = {**self.ds_config, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+            with deepspeed.zero.Init(config_dict_or_path=fp32):
+                partitioned = build_student(cfg)
+            torch.set_rng_state(rng)
+            self.teacher = EMATeacher(student, partitioned=partitioned)
+        else:
+            student = build_student(cfg)
+            self.teacher = EMATeacher(student)
         encoder = student.encoder
         self.encoder_config = encoder.config.to_dict()
-        self.shapes = {n: list(p.shape) for n, p in student.named_parameters()}
-        numel = sum(p.numel() for p in student.parameters())
+        self.shapes = {n: list(param_shape(p)) for n, p in student.named_parameters()}
+        numel = sum(param_numel(p) for p in student.parameters())
         # module + fp32 masters + two Adam moments + the fp32 teacher, bytes per parameter
         self.ckpt_estimate = numel * (4 + 4 + 8 + 4)
-        self.teacher = EMATeacher(student)
         self.loss_fn = ContrastiveLoss(
             cfg.loss, dim=cfg.loss.head_dim, equal_rows=_static_rows(cfg)
         )
-        self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
         self.engine, _, _, _ = deepspeed.initialize(
             model=student,
             model_parameters=param_groups(student, cfg.optim.weight_decay),
@@ -494,7 +509,7 @@ class Trainer:
         self._collapse_rec: dict[str, float] = {}
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # per-rank streams from here on
-        n = sum(p.numel() for p in student.parameters())
+        n = numel
         log.info("student: %s + heads, %.2fM parameters, ZeRO %d, %s, %d rank(s)", cfg.model.name,
                  n / 1e6, cfg.deepspeed.zero_stage, "bf16" if cfg.deepspeed.bf16 else "fp32", self.world)  # fmt: skip
 
@@ -528,10 +543,12 @@ class Trainer:
     def _micro_step(self, pair: Any, monitor: bool = False) -> tuple[LossTerms, int, float]:
         pair = pair.to(self.device, non_blocking=True)
         view1 = pair.view1
+        view2 = pair.view2
         if self.engine.zero_optimization_stage() == 3:
             view1 = complete_view(view1, self.cfg.data.modalities, self.student.encoder)
+            view2 = complete_view(view2, self.cfg.data.modalities, self.student.encoder)
         s = self.engine(view1, with_modal=True)
-        t = self.teacher(pair.view2, with_modal=False)
+        t = self.teacher(view2, with_modal=False)
         inputs = contrastive_inputs(s, t, pair, self.cfg.data.modalities)
         if monitor and self.rank == 0:  # collapse indicators, on logging steps only
             self._collapse_rec = self.collapse.record(
