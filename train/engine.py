@@ -56,6 +56,7 @@ mix with bf16 weights; features are cast to float32 before the losses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -64,7 +65,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,43 @@ def check_resume(ckpt: str | Path, cfg: PretrainConfig, world_size: int | None =
     )
 
 
+@contextlib.contextmanager
+def _init_gathers() -> Iterator[None]:
+    """While a model is built under ``deepspeed.zero.Init``: ``torch.nn.init`` functions
+    called on an already partitioned parameter (a parent module initialising its
+    children's weights after they were built, as ``Encoder.__init__`` does with
+    ``self.apply(init_weights)``) gather that one parameter, initialise it on rank 0 and
+    scatter it back. Without this they would act on the empty placeholder, silently
+    keeping PyTorch's default initialisation (and the random stream would drift from
+    a plain build's). Every rank draws the same numbers (same seed, same order), so the
+    weights equal a plain build's exactly; one parameter is whole at a time."""
+    import deepspeed
+
+    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+             "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+             "kaiming_normal_", "orthogonal_", "sparse_")  # fmt: skip
+    saved = {n: getattr(nn.init, n) for n in names if hasattr(nn.init, n)}
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if hasattr(tensor, "ds_id") and tensor.numel() == 0:
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=0):
+                    fn(tensor, *args, **kwargs)
+                return tensor
+            return fn(tensor, *args, **kwargs)
+
+        return init
+
+    try:
+        for n, fn in saved.items():
+            setattr(nn.init, n, wrap(fn))
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
 # ------------------------------------------------------------------ the trainer
 
 
@@ -456,13 +494,13 @@ class Trainer:
             # parameters partitioned as they are created: no rank ever holds the whole
             # model; the teacher is a second, float32, partitioned instance (its EMA step
             # is then local to each rank's partition, see rsfm_train.teacher)
-            with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+            with deepspeed.zero.Init(config_dict_or_path=self.ds_config), _init_gathers():
                 student = build_student(cfg)
             rng = torch.get_rng_state()  # the teacher's own init draws are overwritten
             # float32 by a config without bf16/fp16 (DeepSpeed 0.19's zero.Init ignores its
             # ``dtype`` argument on accelerators without fp16: operator precedence)
             fp32 = {**self.ds_config, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
-            with deepspeed.zero.Init(config_dict_or_path=fp32):
+            with deepspeed.zero.Init(config_dict_or_path=fp32), _init_gathers():
                 partitioned = build_student(cfg)
             torch.set_rng_state(rng)
             self.teacher = EMATeacher(student, partitioned=partitioned)

@@ -56,7 +56,8 @@ def _run(
         tr.fit(make_loader(cfg, rank, tr.world), max_steps=resume_at)
         tr.close()
         tr = Trainer(cfg, progress=False)
-        tr.fault_hook = _nan_on_rank1_step1(rank)
+        if stage == 2:
+            tr.fault_hook = _nan_on_rank1_step1(rank)
         pos = tr.load()
         tr.fit(make_loader(cfg, rank, tr.world, start=pos), max_steps=steps)
     else:
