@@ -50,7 +50,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,24 @@ def _barrier() -> None:
         torch_dist.barrier()
 
 
+class _FileTensors(Mapping):
+    """An open safetensors file as a read-only mapping: a tensor is read when asked for."""
+
+    def __init__(self, handle: Any):
+        self._h = handle
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._h.keys():
+            raise KeyError(name)
+        return self._h.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._h.keys())
+
+    def __len__(self) -> int:
+        return len(self._h.keys())
+
+
 def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
@@ -311,7 +329,7 @@ def _write_files(engine, tmp: Path, state: TrainState, teacher, loss_module, dat
     meta["data_position"] = encode_position(data_position)
     meta.update(rank=rank, world_size=world)
     save_file(tensors, str(tmp / rank_file(rank)), metadata={"rsfm": json.dumps(meta)})
-    teacher_sd = teacher_state_dict(teacher)  # ZeRO-3: a collective (gathers in chunks)
+    teacher_sd = teacher_state_dict(teacher, rank0_only=True)  # ZeRO-3: a collective
     if rank == 0:
         save_file(teacher_sd, str(tmp / TEACHER_FILE))
         save_file(_state_dict(loss_module), str(tmp / LOSS_FILE))
@@ -471,7 +489,10 @@ def load_checkpoint(
         ) from e
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt}")
-    load_teacher_state(teacher, load_file(str(ckpt / TEACHER_FILE)))  # ZeRO-3: own partition
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / TEACHER_FILE), framework="pt") as h:  # one tensor at a time
+        load_teacher_state(teacher, _FileTensors(h))  # ZeRO-3: each rank its own partition
     loss_module.load_state_dict(load_file(str(ckpt / LOSS_FILE)))
     f = ckpt / rank_file(rank)
     position: Any = None

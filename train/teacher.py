@@ -216,21 +216,29 @@ def _hook(module: nn.Module, recurse: bool) -> None:
 
 @torch.no_grad()
 def teacher_state_dict(
-    module: nn.Module, gather_numel: int = 50_000_000
+    module: nn.Module, gather_numel: int = 50_000_000, rank0_only: bool = False
 ) -> dict[str, torch.Tensor]:
     """The teacher's full state dict on the CPU (names as ``module.state_dict()``). At
     ZeRO-3 a collective: every rank must call it; parameters are gathered in chunks of at
-    most ``gather_numel`` elements, and every rank gets the full dict."""
+    most ``gather_numel`` elements; with ``rank0_only`` only rank 0 keeps the gathered
+    parameters (the other ranks' dicts lack them: one chunk at a time is whole there)."""
     out = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     named = [(n, p) for n, p in module.named_parameters() if _is_zero3_param(p)]
     if not named:
         return out
+    keep = not rank0_only or torch.distributed.get_rank() == 0
     names = {id(p): n for n, p in named}
+    for n, _ in named:
+        del out[n]  # the empty placeholders
     for group in _chunks([(p, p) for _, p in named], gather_numel):
         params = [p for p, _ in group]
         with _gathered(params):
-            for p in params:
-                out[names[id(p)]] = p.detach().cpu().clone()
+            if keep:
+                for p in params:
+                    out[names[id(p)]] = p.detach().cpu().clone()
+    if keep:  # state_dict's order
+        order = list(module.state_dict())
+        out = {k: out[k] for k in order}
     return out
 
 
@@ -238,7 +246,8 @@ def teacher_state_dict(
 def load_teacher_state(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     """Load a full teacher state dict (:func:`teacher_state_dict`'s) into ``module``; at
     ZeRO-3 each rank copies only its own partition of each parameter. Names and shapes must
-    match exactly."""
+    match exactly. ``tensors`` may be lazy (a view of a safetensors file): at ZeRO-3 one
+    tensor at a time is read whole."""
     params = dict(module.named_parameters())
     if not any(_is_zero3_param(p) for p in params.values()):
         module.load_state_dict(dict(tensors))
