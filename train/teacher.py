@@ -14,10 +14,9 @@ Decisions:
   the teacher's partition of a parameter covers the same elements as the student's, so
   the EMA step is a local ``lerp`` of the two partitions, with no gather and no
   communication. The teacher's forward pass gathers its parameters module by module
-  (:func:`_install_gather_hooks`: a module whose parameters total at most
-  ``gather_numel`` elements is gathered whole when it runs and re-partitioned after),
-  so at most a few such units are whole at a time. Like the student's, these gathers
-  are collectives: every rank must run the same teacher modules in the same order (the
+  (:func:`_install_gather_hooks`: each module's own parameters before it runs,
+  re-partitioned after, as ZeRO-3's engine does for the student). Like the student's,
+  these gathers are collectives: every rank must run the same teacher modules in the same order (the
   engine completes the teacher's view as it does the student's, see
   ``complete_view``).
 - **bf16**: DeepSpeed holds the student's module parameters in bf16 (fp32 masters live in
@@ -84,11 +83,9 @@ class EMATeacher(nn.Module):
     def __init__(
         self,
         student: nn.Module,
-        gather_numel: int = 50_000_000,
         partitioned: nn.Module | None = None,
     ):
         super().__init__()
-        self.gather_numel = gather_numel
         self.zero3 = any(_is_zero3_param(p) for p in student.parameters())
         if not self.zero3:
             if partitioned is not None:
@@ -122,7 +119,7 @@ class EMATeacher(nn.Module):
         for name, b in student.named_buffers():
             if name in t_bufs:
                 t_bufs[name].copy_(b.detach())
-        _install_gather_hooks(self.module, gather_numel)
+        _install_gather_hooks(self.module)
 
     def train(self, mode: bool = True) -> EMATeacher:  # the teacher is always in eval mode
         super().train(False)
@@ -172,31 +169,25 @@ def _gathered(params: list[torch.Tensor]):
 # ------------------------------------------------------------ ZeRO-3 teacher forward
 
 
-def _install_gather_hooks(module: nn.Module, gather_numel: int) -> None:
+def _install_gather_hooks(module: nn.Module) -> None:
     """Hooks that gather a partitioned (ZeRO-3, outside any engine) module's parameters
-    while it runs. A module with at most ``gather_numel`` parameter elements in all (or no
-    submodules) is one unit: all its parameters are gathered before its forward and
-    re-partitioned after. A larger one gathers only its own direct parameters, for the
-    length of its forward, and its children are split the same way."""
-    total = sum(param_numel(p) for p in module.parameters())
-    children = list(module.children())
-    if total <= gather_numel or not children:
-        if total:
-            _hook(module, recurse=True)
-        return
-    if any(True for _ in module.parameters(recurse=False)):
-        _hook(module, recurse=False)
-    for child in children:
-        _install_gather_hooks(child, gather_numel)
+    while it runs, as ZeRO-3's engine does for the student: every module that owns
+    parameters gathers its own (not its children's) before its forward and re-partitions
+    them after, so one module's parameters are whole at a time (plus those of the
+    modules it is nested in). A module that reads a child's parameter without calling
+    the child would see the empty placeholder and fail on its shape (loudly)."""
+    for m in module.modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            _hook(m)
 
 
-def _hook(module: nn.Module, recurse: bool) -> None:
+def _hook(module: nn.Module) -> None:
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     held: list[list[torch.Tensor]] = []  # one entry per active call (re-entrant safe)
 
     def pre(mod, args):
-        params = [p for p in mod.parameters(recurse=recurse)
+        params = [p for p in mod.parameters(recurse=False)
                   if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]  # fmt: skip
         if params:
             params[0].all_gather(param_list=params)
