@@ -494,12 +494,17 @@ class Trainer:
             # parameters partitioned as they are created: no rank ever holds the whole
             # model; the teacher is a second, float32, partitioned instance (its EMA step
             # is then local to each rank's partition, see rsfm_train.teacher)
-            with deepspeed.zero.Init(config_dict_or_path=self.ds_config), _init_gathers():
+            # memory_efficient_linear off: zero.Init would otherwise replace
+            # torch.nn.functional.linear by DeepSpeed's autograd Function for the rest of
+            # the process (never restored; the engine's gathering hooks do not need it)
+            zero = {**self.ds_config["zero_optimization"], "memory_efficient_linear": False}
+            init_cfg = {**self.ds_config, "zero_optimization": zero}
+            with deepspeed.zero.Init(config_dict_or_path=init_cfg), _init_gathers():
                 student = build_student(cfg)
             rng = torch.get_rng_state()  # the teacher's own init draws are overwritten
             # float32 by a config without bf16/fp16 (DeepSpeed 0.19's zero.Init ignores its
             # ``dtype`` argument on accelerators without fp16: operator precedence)
-            fp32 = {**self.ds_config, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+            fp32 = {**init_cfg, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
             with deepspeed.zero.Init(config_dict_or_path=fp32), _init_gathers():
                 partitioned = build_student(cfg)
             torch.set_rng_state(rng)

@@ -34,6 +34,8 @@ def test_zero3_student_and_teacher_are_partitioned_with_the_plain_build_weights(
     assert all(hasattr(p, "ds_id") for p in z3.student.parameters())
     assert all(hasattr(p, "ds_id") for p in z3.teacher.module.parameters())
     assert all(p.ds_tensor.dtype == torch.float32 for p in z3.teacher.module.parameters())
+    # zero.Init left no process-wide patch behind (mem_efficient_linear=False)
+    assert torch.nn.functional.linear is torch._C._nn.linear
     seed_everything(z3.cfg.run.seed, z3.cfg.run.deterministic)
     plain = {k: v.detach().clone() for k, v in build_student(z3.cfg).state_dict().items()}
     # the encoder initialises its children's weights after building them: without the
