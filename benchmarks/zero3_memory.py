@@ -11,6 +11,10 @@ Each case is one ``torchrun --standalone --nproc_per_node N`` launch (gloo,
 rank 0 prints them. ``--against REF`` runs revision ``REF``'s ``train/`` package
 (``git archive`` into a temporary folder, first on ``PYTHONPATH``; ``rsfm_core`` is this
 checkout's) in a separate launch first: before/after numbers of one session.
+
+Run it with ``MALLOC_MMAP_THRESHOLD_=131072`` to measure live memory: with glibc's default
+allocator the peak also counts freed blocks the heap keeps, which building a model
+module by module under ``deepspeed.zero.Init`` leaves many of (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -48,6 +48,10 @@ by DeepSpeed. Nothing of DeepSpeed is patched. We add:
   encoder_config.json) is written when training starts (:meth:`Trainer.fit`), i.e. after
   a resume was loaded: a refused resume leaves the folder as it was.
 - Metrics (:mod:`rsfm_train.metrics`).
+- **ZeRO-3 builds nothing whole**: the student and a float32 teacher are built under
+  ``deepspeed.zero.Init`` (partitioned as each module is created; ``nn.init`` calls on
+  already partitioned parameters gather them, so the weights equal a plain build's), and
+  the teacher's EMA step works on each rank's own partitions (:mod:`rsfm_train.teacher`).
 
 bf16: DeepSpeed casts the student's parameters to bf16; the forward runs under
 ``torch.autocast(bf16)`` so that inputs in physical units (float32) and float32 buffers
