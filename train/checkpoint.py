@@ -50,7 +50,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ from rsfm_core.files import (
 )
 
 from . import dist
+from .teacher import load_teacher_state, teacher_state_dict
 
 log = logging.getLogger("rsfm_train")
 
@@ -181,6 +182,24 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 def _barrier() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
+
+
+class _FileTensors(Mapping):
+    """An open safetensors file as a read-only mapping: a tensor is read when asked for."""
+
+    def __init__(self, handle: Any):
+        self._h = handle
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._h.keys():
+            raise KeyError(name)
+        return self._h.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._h.keys())
+
+    def __len__(self) -> int:
+        return len(self._h.keys())
 
 
 def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -310,8 +329,9 @@ def _write_files(engine, tmp: Path, state: TrainState, teacher, loss_module, dat
     meta["data_position"] = encode_position(data_position)
     meta.update(rank=rank, world_size=world)
     save_file(tensors, str(tmp / rank_file(rank)), metadata={"rsfm": json.dumps(meta)})
+    teacher_sd = teacher_state_dict(teacher, rank0_only=True)  # ZeRO-3: a collective
     if rank == 0:
-        save_file(_state_dict(teacher), str(tmp / TEACHER_FILE))
+        save_file(teacher_sd, str(tmp / TEACHER_FILE))
         save_file(_state_dict(loss_module), str(tmp / LOSS_FILE))
         info = {**dataclasses.asdict(state), "tag": tmp.name[: -len(PARTIAL)], "world_size": world,
                 "zero_stage": int(engine.zero_optimization_stage()), "time": time.time(),
@@ -469,7 +489,10 @@ def load_checkpoint(
         ) from e
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {ckpt}")
-    teacher.load_state_dict(load_file(str(ckpt / TEACHER_FILE)))
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / TEACHER_FILE), framework="pt") as h:  # one tensor at a time
+        load_teacher_state(teacher, _FileTensors(h))  # ZeRO-3: each rank its own partition
     loss_module.load_state_dict(load_file(str(ckpt / LOSS_FILE)))
     f = ckpt / rank_file(rank)
     position: Any = None

@@ -48,6 +48,10 @@ by DeepSpeed. Nothing of DeepSpeed is patched. We add:
   encoder_config.json) is written when training starts (:meth:`Trainer.fit`), i.e. after
   a resume was loaded: a refused resume leaves the folder as it was.
 - Metrics (:mod:`rsfm_train.metrics`).
+- **ZeRO-3 builds nothing whole**: the student and a float32 teacher are built under
+  ``deepspeed.zero.Init`` (partitioned as each module is created; ``nn.init`` calls on
+  already partitioned parameters gather them, so the weights equal a plain build's), and
+  the teacher's EMA step works on each rank's own partitions (:mod:`rsfm_train.teacher`).
 
 bf16: DeepSpeed casts the student's parameters to bf16; the forward runs under
 ``torch.autocast(bf16)`` so that inputs in physical units (float32) and float32 buffers
@@ -56,6 +60,7 @@ mix with bf16 weights; features are cast to float32 before the losses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -64,7 +69,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +101,7 @@ from .losses import (
     patch_statistics,
 )
 from .metrics import CollapseMonitor, FlopCounter, MetricsWriter, count_tokens, peak_flops
-from .teacher import EMATeacher
+from .teacher import EMATeacher, param_numel, param_shape
 
 log = logging.getLogger("rsfm_train")
 
@@ -414,6 +419,43 @@ def check_resume(ckpt: str | Path, cfg: PretrainConfig, world_size: int | None =
     )
 
 
+@contextlib.contextmanager
+def _init_gathers() -> Iterator[None]:
+    """While a model is built under ``deepspeed.zero.Init``: ``torch.nn.init`` functions
+    called on an already partitioned parameter (a parent module initialising its
+    children's weights after they were built, as ``Encoder.__init__`` does with
+    ``self.apply(init_weights)``) gather that one parameter, initialise it on rank 0 and
+    scatter it back. Without this they would act on the empty placeholder, silently
+    keeping PyTorch's default initialisation (and the random stream would drift from
+    a plain build's). Every rank draws the same numbers (same seed, same order), so the
+    weights equal a plain build's exactly; one parameter is whole at a time."""
+    import deepspeed
+
+    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+             "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+             "kaiming_normal_", "orthogonal_", "sparse_")  # fmt: skip
+    saved = {n: getattr(nn.init, n) for n in names if hasattr(nn.init, n)}
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if hasattr(tensor, "ds_id") and tensor.numel() == 0:
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=0):
+                    fn(tensor, *args, **kwargs)
+                return tensor
+            return fn(tensor, *args, **kwargs)
+
+        return init
+
+    try:
+        for n, fn in saved.items():
+            setattr(nn.init, n, wrap(fn))
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
 # ------------------------------------------------------------------ the trainer
 
 
@@ -451,18 +493,38 @@ class Trainer:
         import deepspeed
 
         seed_everything(cfg.run.seed, cfg.run.deterministic)  # same weights on every rank
-        student = build_student(cfg)
+        self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
+        if cfg.deepspeed.zero_stage == 3:
+            # parameters partitioned as they are created: no rank ever holds the whole
+            # model; the teacher is a second, float32, partitioned instance (its EMA step
+            # is then local to each rank's partition, see rsfm_train.teacher)
+            # memory_efficient_linear off: zero.Init would otherwise replace
+            # torch.nn.functional.linear by DeepSpeed's autograd Function for the rest of
+            # the process (never restored; the engine's gathering hooks do not need it)
+            zero = {**self.ds_config["zero_optimization"], "memory_efficient_linear": False}
+            init_cfg = {**self.ds_config, "zero_optimization": zero}
+            with deepspeed.zero.Init(config_dict_or_path=init_cfg), _init_gathers():
+                student = build_student(cfg)
+            rng = torch.get_rng_state()  # the teacher's own init draws are overwritten
+            # float32 by a config without bf16/fp16 (DeepSpeed 0.19's zero.Init ignores its
+            # ``dtype`` argument on accelerators without fp16: operator precedence)
+            fp32 = {**init_cfg, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+            with deepspeed.zero.Init(config_dict_or_path=fp32), _init_gathers():
+                partitioned = build_student(cfg)
+            torch.set_rng_state(rng)
+            self.teacher = EMATeacher(student, partitioned=partitioned)
+        else:
+            student = build_student(cfg)
+            self.teacher = EMATeacher(student)
         encoder = student.encoder
         self.encoder_config = encoder.config.to_dict()
-        self.shapes = {n: list(p.shape) for n, p in student.named_parameters()}
-        numel = sum(p.numel() for p in student.parameters())
+        self.shapes = {n: list(param_shape(p)) for n, p in student.named_parameters()}
+        numel = sum(param_numel(p) for p in student.parameters())
         # module + fp32 masters + two Adam moments + the fp32 teacher, bytes per parameter
         self.ckpt_estimate = numel * (4 + 4 + 8 + 4)
-        self.teacher = EMATeacher(student)
         self.loss_fn = ContrastiveLoss(
             cfg.loss, dim=cfg.loss.head_dim, equal_rows=_static_rows(cfg)
         )
-        self.ds_config = deepspeed_config(cfg, self.world, cpu=accelerator_is_cpu())
         self.engine, _, _, _ = deepspeed.initialize(
             model=student,
             model_parameters=param_groups(student, cfg.optim.weight_decay),
@@ -494,7 +556,7 @@ class Trainer:
         self._collapse_rec: dict[str, float] = {}
         self.state = TrainState()
         seed_everything(cfg.run.seed + 1000 * self.rank)  # per-rank streams from here on
-        n = sum(p.numel() for p in student.parameters())
+        n = numel
         log.info("student: %s + heads, %.2fM parameters, ZeRO %d, %s, %d rank(s)", cfg.model.name,
                  n / 1e6, cfg.deepspeed.zero_stage, "bf16" if cfg.deepspeed.bf16 else "fp32", self.world)  # fmt: skip
 
@@ -528,10 +590,12 @@ class Trainer:
     def _micro_step(self, pair: Any, monitor: bool = False) -> tuple[LossTerms, int, float]:
         pair = pair.to(self.device, non_blocking=True)
         view1 = pair.view1
+        view2 = pair.view2
         if self.engine.zero_optimization_stage() == 3:
             view1 = complete_view(view1, self.cfg.data.modalities, self.student.encoder)
+            view2 = complete_view(view2, self.cfg.data.modalities, self.student.encoder)
         s = self.engine(view1, with_modal=True)
-        t = self.teacher(pair.view2, with_modal=False)
+        t = self.teacher(view2, with_modal=False)
         inputs = contrastive_inputs(s, t, pair, self.cfg.data.modalities)
         if monitor and self.rank == 0:  # collapse indicators, on logging steps only
             self._collapse_rec = self.collapse.record(

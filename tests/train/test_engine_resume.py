@@ -53,7 +53,7 @@ def _runs(stage: int, root: str) -> dict:
     batch = _eval_batch(cfg)
     with torch.no_grad():
         out["a_dense"] = a.student.encoder.eval()(batch).dense.clone()
-    out["a"] = (full_state(a.student), state_copy(a.teacher.module), state_copy(a.loss_fn))
+    out["a"] = (full_state(a.student), full_state(a.teacher.module), state_copy(a.loss_fn))
     out["a_metrics"], out["a_dir"], out["cfg"], out["batch"] = (
         read_metrics(cfg.run.out_dir),
         cfg.run.out_dir,
@@ -69,7 +69,7 @@ def _runs(stage: int, root: str) -> dict:
     b = Trainer(cfg, progress=False)  # a fresh engine, as after a kill
     position = b.load()
     b.fit(make_loader(cfg, 0, 1, start=position))
-    out["b"] = (full_state(b.student), state_copy(b.teacher.module), state_copy(b.loss_fn))
+    out["b"] = (full_state(b.student), full_state(b.teacher.module), state_copy(b.loss_fn))
     out["b_metrics"], out["b_state"] = read_metrics(cfg.run.out_dir), b.state
     b.close()
     return out
