@@ -336,10 +336,6 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
     for contiguous rows, so the code is what a real launch compiles.
     """
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     T = C.import_kernels("rsfm_kernels.infonce_triton")
     if T._INTERPRETED:
         raise SystemExit("--compile-report needs TRITON_INTERPRET unset (it compiles for the GPU)")
@@ -349,29 +345,24 @@ def compile_report(archs=(90, 80), dims=(64, 128, 256), dtype: str = "bf16") -> 
     unit = {"sxd", "syd", "sqd", "skd", "sdqd", "sdkd"}
     aligned = {"sxn", "syn", "sqn", "skn", "sdqn", "sdkn", "sdqs", "sdks", "LOOP_PER_SPLIT"}
 
-    ptxas_usage = C.import_kernels("rsfm_kernels._triton_common").ptxas_report
+    TC = C.import_kernels("rsfm_kernels._triton_common")
 
     def build(kern, consts, cap, warps, stages):
-        fn = kern
-        while not hasattr(fn, "src"):  # unwrap heuristics
-            fn = fn.fn
-        consts, sig, attrs = dict(consts), {}, {}
-        for i, n in enumerate(fn.arg_names):
+        consts, sig, div = dict(consts), {}, []
+        for n in TC.kernel_arg_names(kern):
             if n in consts:
-                sig[n] = "constexpr"
-            elif n in unit:
-                consts[n], sig[n] = 1, "constexpr"
+                continue
+            if n in unit:
+                consts[n] = 1
             elif n in ptrs:
-                sig[n], attrs[(i,)] = ptrs[n], [["tt.divisibility", 16]]
+                sig[n] = ptrs[n]
+                div.append(n)
             else:
                 sig[n] = "i32"
                 if n in aligned:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        k = triton.compile(
-            ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", cap, 32),
-            options={"num_warps": warps, "num_stages": stages},
-        )  # fmt: skip
-        return {"shared_kb": k.metadata.shared / 1024, "usage": ptxas_usage(k.asm["ptx"], cap)}
+                    div.append(n)
+        k = TC.compile_kernel(kern, sig, consts, cap, warps, stages, tuple(div))
+        return {"shared_kb": k.metadata.shared / 1024, "usage": TC.ptxas_report(k.asm["ptx"], cap)}
 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     rows = []

@@ -249,14 +249,12 @@ def compile_report(
     """
 
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     T = C.import_kernels("rsfm_kernels.spectral_embed_triton")
     if T._INTERPRETED:
         raise SystemExit("--compile-report needs TRITON_INTERPRET unset (it compiles for the GPU)")
 
-    ptxas_usage = C.import_kernels("rsfm_kernels._triton_common").ptxas_report
+    TC = C.import_kernels("rsfm_kernels._triton_common")
 
     unit = {"sxw", "swv", "svw", "sbd", "spd", "sod", "sdd"}
     f32 = {"MEAN", "ISTD", "PART"}
@@ -264,27 +262,22 @@ def compile_report(
     ptrs = {"X", "W", "VALID", "BIAS", "POS", "OUT", "DOUT"} | f32 | i32
 
     def build(kern, consts, cap, cfg, elt):
-        fn = kern
-        while not hasattr(fn, "src"):  # unwrap heuristics
-            fn = fn.fn
-        consts, sig, attrs = dict(consts), {}, {}
-        for i, n in enumerate(fn.arg_names):
+        consts, sig, div = dict(consts), {}, []
+        for n in TC.kernel_arg_names(kern):
             if n in consts:
-                sig[n] = "constexpr"
-            elif n in unit:
-                consts[n], sig[n] = 1, "constexpr"
+                continue
+            if n in unit:
+                consts[n] = 1
             elif n in ptrs:
                 ty = "fp32" if n in f32 else "i32" if n in i32 else "u8" if n == "VALID" else elt
-                sig[n], attrs[(i,)] = f"*{ty}", [["tt.divisibility", 16]]
+                sig[n] = f"*{ty}"
+                div.append(n)
             else:
                 sig[n] = "i32"
                 if n.startswith("s") or n in ("D", "M_PER_SPLIT"):
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        k = triton.compile(
-            ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", cap, 32),
-            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-        )  # fmt: skip
-        return {"shared_kb": k.metadata.shared / 1024, "usage": ptxas_usage(k.asm["ptx"], cap)}
+                    div.append(n)
+        k = TC.compile_kernel(kern, sig, consts, cap, cfg.num_warps, cfg.num_stages, tuple(div))
+        return {"shared_kb": k.metadata.shared / 1024, "usage": TC.ptxas_report(k.asm["ptx"], cap)}
 
     rows = []
     for cap in archs:

@@ -255,6 +255,14 @@ def ptxas_report(ptx: str, cap: int) -> str:
     return out + "".join(f", {w}" for w in warns)
 
 
+def kernel_arg_names(fn) -> list[str]:
+    """The argument names of a ``@triton.jit`` kernel (autotune/heuristics wrappers
+    unwrapped), in order: what :func:`compile_kernel` needs a type or a value for."""
+    while not hasattr(fn, "arg_names") or not hasattr(fn, "src"):
+        fn = fn.fn
+    return list(fn.arg_names)
+
+
 def compile_kernel(
     fn,
     signature: dict[str, str],
