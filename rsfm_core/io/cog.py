@@ -87,8 +87,10 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
         return np.where(c > 0, s / np.maximum(c, 1), np.nan).astype(np.float32)
 
 
-def _quantize(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """float (..., D) pixel-interleaved -> int8; NaN -> -128."""
+def quantize_int8(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """float -> int8 by ``rint((x - offset) / scale)`` clipped to [-127, 127]; NaN ->
+    ``INT8_NODATA``. ``scale``/``offset`` broadcast against ``x`` (per band: shape (D,) for
+    pixel-interleaved (..., D), (D, 1, 1) for band-first (D, h, w))."""
     q = np.rint((x.astype(np.float64) - offset) / scale)
     q = np.clip(np.nan_to_num(q, nan=0.0), -127, 127).astype(np.int8)
     q[np.isnan(x)] = INT8_NODATA
@@ -254,7 +256,7 @@ class StreamingCog:
             with open(lv.path, "rb") as src, open(out, "wb") as dst:
                 for _ in lv.counts:
                     x = np.frombuffer(src.read(tile_bytes), "<f4").reshape(-1, self.dim)
-                    q = _quantize(x, scale, offset)
+                    q = quantize_int8(x, scale, offset)
                     data = self._compress(q.tobytes())
                     dst.write(_framed(data))
                     counts.append(len(data))

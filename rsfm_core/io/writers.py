@@ -34,11 +34,11 @@ import numpy as np
 
 from ..files import atomic_path, remove_quietly, temp_path
 from ..sample import Grid
+from .cog import INT8_NODATA, overview_levels, quantize_int8
 from .raster import RasterError, affine_of
 
 log = logging.getLogger(__name__)
 
-INT8_NODATA = -128
 _BLOCK = 64  # intermediate block side (tokens); pixel-interleaved, so D * 64 * 64 * 4 bytes
 
 
@@ -138,13 +138,9 @@ def _write_plain(path, arr, profile, band_descriptions, tags, band_tags) -> None
 
 
 def _overviews(h: int, w: int, block: int) -> dict:
-    """GDAL's AUTO levels (halve until one block holds the image), but at least one level
-    for images of 16 px and more, so that small maps have a preview too."""
-    levels, side = 0, max(h, w)
-    while side > block:
-        side, levels = side / 2, levels + 1
-    if levels == 0 and max(h, w) >= 16:
-        levels = 1
+    """GDAL COG driver options for :func:`cog.overview_levels`' count (the streaming
+    writer's rule, so both paths make the same pyramid)."""
+    levels = overview_levels(h, w, block)
     return {"overview_count": levels} if levels else {"overviews": "NONE"}
 
 
@@ -384,11 +380,8 @@ def _quantize(src: Path, dst: Path, scale, offset) -> None:
         prof = s.profile | {"dtype": "int8", "nodata": INT8_NODATA}
         with rasterio.open(dst, "w", **prof) as d:
             for _, win in s.block_windows(1):
-                x = s.read(window=win).astype(np.float64)  # (D, h, w)
-                q = np.rint((x - offset[:, None, None]) / scale[:, None, None])
-                q = np.clip(np.nan_to_num(q, nan=INT8_NODATA), -127, 127)
-                q[np.isnan(x)] = INT8_NODATA
-                d.write(q.astype(np.int8), window=win)
+                x = s.read(window=win)  # (D, h, w)
+                d.write(quantize_int8(x, scale[:, None, None], offset[:, None, None]), window=win)
             d.scales = tuple(float(v) for v in scale)
             d.offsets = tuple(float(v) for v in offset)
 
