@@ -255,12 +255,17 @@ def ptxas_report(ptx: str, cap: int) -> str:
     return out + "".join(f", {w}" for w in warns)
 
 
-def kernel_arg_names(fn) -> list[str]:
-    """The argument names of a ``@triton.jit`` kernel (autotune/heuristics wrappers
-    unwrapped), in order: what :func:`compile_kernel` needs a type or a value for."""
+def jit_function(fn):
+    """The ``@triton.jit`` function under autotune/heuristics wrappers."""
     while not hasattr(fn, "arg_names") or not hasattr(fn, "src"):
         fn = fn.fn
-    return list(fn.arg_names)
+    return fn
+
+
+def kernel_arg_names(fn) -> list[str]:
+    """The argument names of a kernel, in order: what :func:`compile_kernel` needs a type
+    or a value for."""
+    return list(jit_function(fn).arg_names)
 
 
 def compile_kernel(
@@ -285,8 +290,7 @@ def compile_kernel(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    while not hasattr(fn, "arg_names") or not hasattr(fn, "src"):
-        fn = fn.fn
+    fn = jit_function(fn)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:

@@ -33,6 +33,7 @@ from .._triton_common import (
     compile_kernel,
     compile_offline,
     compile_offline_reasons,
+    jit_function,
     usage_of,
 )
 from . import configs as CF
@@ -45,9 +46,7 @@ _UNIT = {"smn"}  # mask stride along N: 1 for a (B, N) bool mask
 
 def _signature(fn, dtype: str, dq_dtype: str) -> tuple[dict, dict, tuple]:
     """(signature, unit-stride constexprs, divisible names) for one kernel's arguments."""
-    fn0 = fn
-    while not hasattr(fn0, "arg_names") or not hasattr(fn0, "src"):
-        fn0 = fn0.fn
+    fn0 = jit_function(fn)
     sig, const, div = {}, {}, []
     for name in fn0.arg_names:
         if name in ("Q", "K", "V", "Out", "DO", "DK", "DV"):
