@@ -158,6 +158,10 @@ def run_case(case: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights, bands/modalities not given
         emb = rs.Embedder.random(case["model"], device=case["device"])
+        if emb.device.type == "cpu":  # as `rsfm embed` does
+            from rsfm_core.cliutil import keep_freed_memory
+
+            phases["malloc"] = keep_freed_memory()
         rss0 = C.peak_rss_mb()
         sampler = _RssSampler()
         res = emb.embed_rasters(

@@ -1,5 +1,6 @@
-"""What every ``rsfm`` command shares: one-line errors in the CLI's words, and the
-intra-op thread count of the commands that compute.
+"""What every ``rsfm`` command shares: one-line errors in the CLI's words, the
+intra-op thread count of the commands that compute, and how ``rsfm embed`` has glibc
+reuse freed memory.
 
 Imports only the standard library at module level (``rsfm --help`` loads it); torch is
 imported by :func:`setup_threads` only, which the computing handlers call.
@@ -200,3 +201,45 @@ def setup_threads(workers: int = 0) -> int:
         n, why, policy,
     )  # fmt: skip
     return n
+
+
+# ------------------------------------------------------------------ freed memory (glibc)
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, <malloc.h>
+_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+               "GLIBC_TUNABLES")  # fmt: skip
+
+
+def keep_freed_memory() -> str:
+    """Have glibc serve every allocation from its heap and keep freed memory for reuse
+    (``mallopt``: no mmap'ed chunks, no trimming), for the rest of this process; returns
+    what was done (also logged). ``rsfm embed`` calls it on CPU.
+
+    Why: glibc gives each buffer above 32 MB (its largest mmap threshold) fresh pages
+    from the kernel and returns them on free. An rsfm_tiny batch of eight 256 px tiles
+    allocates MLP activations of 67 MB, so every batch page-faults and zeroes hundreds
+    of MB: 15 % of the CPU time went to the kernel in the 20,000 px benchmark. Reused
+    memory removes that; the arithmetic is unchanged, so outputs are bit-identical.
+    Cost: memory freed is kept by the process (its peak RSS stays reserved), which is
+    what a long embedding run does anyway. ``RSFM_MALLOC=system`` keeps glibc's defaults;
+    glibc's own ``MALLOC_*_`` or ``GLIBC_TUNABLES`` settings in the environment are left
+    in charge. Measured in docs/inference.md ("CPU speed")."""
+    if os.environ.get("RSFM_MALLOC", "").strip().lower() == "system":
+        why = "glibc defaults (RSFM_MALLOC=system)"
+    elif set_by_user := [v for v in _MALLOC_ENV if v in os.environ]:
+        why = f"glibc settings from the environment ({', '.join(set_by_user)})"
+    else:
+        import ctypes
+        import platform
+
+        if platform.libc_ver()[0] != "glibc":
+            why = "not glibc: the C library's defaults"
+        else:
+            libc = ctypes.CDLL(None)
+            ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+            ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+            why = "freed memory kept for reuse (RSFM_MALLOC=system: glibc defaults)"
+            if not ok:
+                why = "glibc refused mallopt: its defaults"
+    log.info("memory: %s", why)
+    return why

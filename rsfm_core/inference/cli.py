@@ -164,7 +164,7 @@ def _options(args, manifest_options: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rsfm_core.cliutil import error_line, setup_threads
+    from rsfm_core.cliutil import error_line, keep_freed_memory, setup_threads
 
     setup_threads(workers=0)  # tiles are read by this process (RSFM_THREADS=N overrides)
     from rsfm_core.files import LockedError, NoSpaceError
@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise ValueError("give --checkpoint DIR (or --random MODEL for an untrained model)")
         opts = EmbedOptions(**_options(args, rest.get("options", {})))
+        if emb.device.type == "cpu":
+            keep_freed_memory()  # no page faults for every batch's activations
         res = emb.embed_rasters(inputs, args.out, parquet=args.parquet, npz=args.npz, options=opts)
     except (RasterError, CheckpointError, ValueError, KeyError, NoSpaceError, LockedError) as e:
         print(f"rsfm embed: error: {error_line(e)}", file=sys.stderr)
