@@ -50,11 +50,27 @@ def _old_outputs(folder: Path) -> dict[str, str]:
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # micro models: one thread is fastest
 
 
+def _default_sigint() -> None:
+    # a shell's background job starts with SIGINT ignored, and children inherit that:
+    # these tests are about Ctrl-C, so they give the driver the interactive default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _drive(scenario: str, ckpt: Path, work: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(DRIVER), scenario, str(ckpt), str(work)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT raises KeyboardInterrupt in this process during the test, as in an
+    interactive session, even when pytest runs as a background job (SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 # ------------------------------------------------------------------ item 10: bytes
@@ -147,7 +163,7 @@ def test_a_really_full_disk_never_kills_the_run_or_leaves_temporaries(ckpt, tmp_
 
 
 def test_ctrl_c_swallowed_inside_gdal_still_aborts_and_keeps_the_old_outputs(
-    micro, scene, tmp_path, monkeypatch
+    micro, scene, tmp_path, monkeypatch, interactive_sigint
 ):
     """rasterio/GDAL can swallow a KeyboardInterrupt raised in one of its callbacks; the
     run must notice the signal anyway, before it replaces anything."""
