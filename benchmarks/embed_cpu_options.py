@@ -39,6 +39,8 @@ import time
 import numpy as np
 import torch
 
+from . import _common as C
+
 
 def _tiles(n: int, px: int = 256):
     import rsfm_core as rs
@@ -120,13 +122,7 @@ def main(argv=None) -> int:
 
 
 def _median_s(fn, rounds: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return C.time_ms(fn, torch.device("cpu"), warmup=1, rep=rounds) / 1e3
 
 
 def _bound(threads: int, rounds: int) -> int:
@@ -165,7 +161,9 @@ def _bound(threads: int, rounds: int) -> int:
         cpu_sys = r1.ru_stime - r0.ru_stime
         sys_share[b] = cpu_sys / max(cpu_sys + r1.ru_utime - r0.ru_utime, 1e-9)
     achieved = total / per_tile[8] / 1e9
-    print(f"rsfm_tiny, 256 px S2 tile, {threads} threads, median of {rounds}; memory: {malloc}")
+    print(
+        f"rsfm_tiny, 256 px S2 tile, {threads} threads, median of {max(3, min(rounds, 10))}; memory: {malloc}"
+    )
     print(f"forward GFLOP per tile {total / 1e9:.1f} (attention {attn / total:.0%})")
     for b, s in per_tile.items():
         print(
