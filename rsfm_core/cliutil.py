@@ -210,6 +210,25 @@ _MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESH
                "GLIBC_TUNABLES")  # fmt: skip
 
 
+def glibc():
+    """The C library when it is glibc, with ``mallopt``/``malloc``/``free`` typed (None
+    elsewhere: macOS, musl, Windows)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> str:
     """Have glibc serve every allocation from its heap and keep freed memory for reuse
     (``mallopt``: no mmap'ed chunks, no trimming), for the rest of this process; returns
@@ -228,18 +247,13 @@ def keep_freed_memory() -> str:
         why = "glibc defaults (RSFM_MALLOC=system)"
     elif set_by_user := [v for v in _MALLOC_ENV if v in os.environ]:
         why = f"glibc settings from the environment ({', '.join(set_by_user)})"
+    elif (libc := glibc()) is None:
+        why = "not glibc: the C library's defaults"
     else:
-        import ctypes
-        import platform
-
-        if platform.libc_ver()[0] != "glibc":
-            why = "not glibc: the C library's defaults"
-        else:
-            libc = ctypes.CDLL(None)
-            ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
-            ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-            why = "freed memory kept for reuse (RSFM_MALLOC=system: glibc defaults)"
-            if not ok:
-                why = "glibc refused mallopt: its defaults"
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+        ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        why = "freed memory kept for reuse (RSFM_MALLOC=system: glibc defaults)"
+        if not ok:
+            why = "glibc refused mallopt: its defaults"
     log.info("memory: %s", why)
     return why

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cliutil import glibc
 from ..files import atomic_path, remove_quietly, temp_path
 from ..sample import Grid
 from .cog import INT8_NODATA, overview_levels, quantize_int8
@@ -149,24 +150,6 @@ _PERTURB_BYTE = 0x5A
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for its dynamic mmap threshold (64-bit)
 
 
-def _glibc():
-    """The C library when it is glibc (None elsewhere: macOS, musl, Windows)."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.malloc.restype = ctypes.c_void_p
-        libc.malloc.argtypes = [ctypes.c_size_t]
-        libc.free.argtypes = [ctypes.c_void_p]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
 @contextmanager
 def defined_padding():
     """Make GDAL's float16 tiles byte-reproducible (issue 16, item 10).
@@ -182,7 +165,7 @@ def defined_padding():
     perturbation is switched off again afterwards. Elsewhere than glibc this does nothing
     (float16 output is then reproducible in its pixel values, not its bytes); float32 and
     int8 never needed it. GDAL 3.11 writes Float16 natively and would make this moot."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         yield
         return
