@@ -124,10 +124,6 @@ class _Level:
         self.buf = np.full((self.dim, self.block, self.width), np.nan, self.buf_dtype)
         self.file = open(self.path, "wb")
 
-    @property
-    def tiles_across(self) -> int:
-        return -(-self.width // self.block)
-
     def add(self, rows: np.ndarray) -> None:
         """Rows (D, n, width) float32 in order."""
         n, i = rows.shape[1], 0
@@ -406,14 +402,14 @@ def gdal_tags(near: Path, grid, dim: int, tags: Mapping[str, str], nodata, scale
     bytes)}`` (GeoKeys, tie point/pixel scale or transformation, GDAL_METADATA,
     GDAL_NODATA)."""
     import rasterio
-    from affine import Affine
 
-    a, b, c, d, e, f = grid.transform
+    from .raster import affine_of
+
     tmp = temp_path(near, "hdr", ".tif")
     try:
         with rasterio.open(
             tmp, "w", driver="GTiff", width=1, height=1, count=dim, dtype="float32",
-            crs=grid.crs, transform=Affine(a, b, c, d, e, f), nodata=nodata,
+            crs=grid.crs, transform=affine_of(grid), nodata=nodata,
         ) as ds:  # fmt: skip
             ds.update_tags(**{k: str(v) for k, v in tags.items()})
             for i in range(1, dim + 1):

@@ -35,7 +35,7 @@ import numpy as np
 from ..cliutil import glibc
 from ..files import atomic_path, remove_quietly, temp_path
 from ..sample import Grid
-from .cog import INT8_NODATA, overview_levels, quantize_int8
+from .cog import INT8_NODATA, cog_blocksize, overview_levels, quantize_int8
 from .raster import RasterError, affine_of
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ def cog_copy(src, dst: str | os.PathLike, compress: str, blocksize: int, **extra
     run under :func:`defined_padding` so that their bytes are reproducible."""
     from rasterio.shutil import copy as rio_copy
 
-    side = max(16, -(-max(src.height, src.width) // 16) * 16)
-    blocksize = min(blocksize, side)  # a small map is one small tile, not a 256 px one
+    blocksize = cog_blocksize(src.height, src.width, blocksize)  # small map: one small tile
     with defined_padding() if int(extra.get("nbits", 0)) == 16 else nullcontext():
         rio_copy(
             src, dst, driver="COG", compress=compress.upper(), blocksize=blocksize,
