@@ -66,7 +66,7 @@ def _to_xy(grid: Grid, ring: np.ndarray) -> np.ndarray:
 
 
 def chip_rows(chips: list[dict], ctx: ChipContext) -> dict[str, list]:
-    """Columns (python lists / arrays) for ``chips`` from :func:`rsfm_core.io.writers.scan`."""
+    """Columns (python lists / arrays) for ``chips`` from :func:`rsfm_core.io.writers.chips_of_strip`."""
     import shapely
     from rasterio.warp import transform as warp
     from shapely.geometry.polygon import orient

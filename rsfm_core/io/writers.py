@@ -6,8 +6,8 @@
 - The embedder streams finished token rows into an *intermediate* (:class:`TiffSink`):
   an uncompressed, tiled, sparse float32 GeoTIFF on the token grid (NaN = nodata) plus a
   uint16 mask of which modalities were valid (uncompressed so that windowed row writes
-  never rewrite compressed blocks). :func:`scan` reads it back strip by strip (bounded
-  memory) and :func:`write_cog` / :func:`write_npz` turn it into the products:
+  never rewrite compressed blocks). The run's output sink pools chips per strip
+  (:func:`chips_of_strip`) and :func:`write_cog` / :func:`write_npz` make the products:
 
   - dense map: COG (DEFLATE, overviews by averaging), one band per feature, in the
     source CRS with the transform scaled to the token grid (or warped bilinearly to the
@@ -250,7 +250,7 @@ def copy_rows(src: Path, dst, row: int, n: int, step: int = 256) -> None:
 
 @dataclass
 class Scan:
-    """One pass over the intermediate: the per-band range (for int8 quantisation)."""
+    """The per-band range of the streamed rows (for int8 quantisation)."""
 
     band_min: np.ndarray
     band_max: np.ndarray
@@ -312,31 +312,6 @@ class NpyWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def scan(data: Path, mask: Path, chip: int, on_chips=(), npy: NpyWriter | None = None) -> Scan:
-    """Read the intermediate in strips of ``chip`` token rows: band ranges, the chips of
-    each strip (passed to every ``on_chips`` callable), and a copy into ``npy`` when
-    given. Memory: one strip."""
-    import rasterio
-    from rasterio.windows import Window
-
-    with rasterio.open(data) as ds, rasterio.open(mask) as ms:
-        lo = np.full(ds.count, np.inf)
-        hi = np.full(ds.count, -np.inf)
-        for r in range(0, ds.height, chip):
-            win = Window(0, r, ds.width, min(chip, ds.height - r))
-            dense, bits = ds.read(window=win), ms.read(1, window=win)
-            if npy is not None:
-                npy.write_rows(r, dense)
-            flat = dense.reshape(dense.shape[0], -1)  # fmin/fmax skip NaN without a copy
-            lo = np.fmin(lo, np.fmin.reduce(flat, axis=1))
-            hi = np.fmax(hi, np.fmax.reduce(flat, axis=1))
-            if on_chips:
-                chips = chips_of_strip(dense, bits, r, chip)
-                for fn in on_chips:
-                    fn(chips)
-    return Scan(lo, hi)
 
 
 # ---------------------------------------------------------------------------- COG
